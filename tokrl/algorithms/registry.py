@@ -1,0 +1,34 @@
+"""Name -> Algorithm class registry: the trainer looks algorithms up here and never branches on names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tokrl.algorithms.base import AlgoConfig, Algorithm
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(name: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
+    """Class decorator: `@register_algorithm("t-spmo")` makes the class available to `get_algorithm`."""
+
+    def decorate(cls: type[Algorithm]) -> type[Algorithm]:
+        if name in ALGORITHMS and ALGORITHMS[name] is not cls:
+            raise ValueError(f"algorithm {name!r} is already registered to {ALGORITHMS[name].__name__}")
+        cls.name = name
+        ALGORITHMS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_algorithm(name: str, config: AlgoConfig | None = None) -> Algorithm:
+    """Build the registered algorithm `name` with `config` (defaults when None)."""
+    if name not in ALGORITHMS:
+        known = ", ".join(sorted(ALGORITHMS)) or "(none registered)"
+        raise ValueError(f"algorithm: unknown name {name!r}; expected one of: {known}")
+    return ALGORITHMS[name](config)
+
+
+def available_algorithms() -> list[str]:
+    return sorted(ALGORITHMS)
