@@ -1,1 +1,87 @@
-"""Fused log-prob and policy-gradient kernels at selected rows (see reference.py for the math)."""
+"""tokrl_kernels: log-probs and the clipped policy-gradient loss at selected rows, straight from hidden states.
+
+    from tokrl_kernels import linear_logprob, linear_pg_loss, PGLoss
+
+    logp = linear_logprob(hidden, weight, targets, index=None, *, temperature=1.0, impl="auto")
+    out = linear_pg_loss(hidden, weight, targets, advantages, index=None, *, old_logp=None, ref_logp=None,
+                         weights=None, eps_low=0.2, eps_high=0.2, beta=0.0, temperature=1.0,
+                         reduction="sum", impl="auto")   # -> PGLoss(loss, logp, clipped)
+
+Shapes: hidden [N, D] and weight [V, D] (the LM head) in one of fp32/bf16/fp16; index [k] int64 rows of
+hidden (repeats allowed; None = all rows); targets, advantages, old_logp, ref_logp, weights [k]. The
+[k, V] logits are never materialised: memory does not grow with the vocabulary. The math is in
+`tokrl_kernels.reference`, the PyTorch twin every implementation is tested against.
+
+This package depends on torch only (triton is imported lazily); it never imports tokrl, transformers or peft.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokrl_kernels._dispatch import get_backend, resolve_impl
+from tokrl_kernels._pg_compose import PGLoss, compose_pg_loss
+from tokrl_kernels._validation import validate_logprob_inputs
+
+__all__ = ["PGLoss", "linear_logprob", "linear_pg_loss", "resolve_impl"]
+__version__ = "0.1.0"
+
+
+def linear_logprob(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    index: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """log softmax(hidden[index] @ weight.T / temperature)[targets]: fp32 [k], each <= 0.
+
+    Differentiable w.r.t. hidden, and w.r.t. weight when it requires grad.
+    """
+    backend = get_backend(impl, hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu"))
+    index = validate_logprob_inputs(hidden, weight, targets, index, temperature)
+    return backend.logprob(hidden, weight, targets, index, float(temperature))
+
+
+def linear_pg_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    advantages: torch.Tensor,
+    index: torch.Tensor | None = None,
+    *,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    reduction: str = "sum",
+    impl: str = "auto",
+) -> PGLoss:
+    """Clipped policy-gradient (+ beta * k3 KL) loss at the selected rows; see `tokrl_kernels.reference`.
+
+    Per row: loss_i = weights_i * (-min(r*A, clamp(r, 1-eps_low, 1+eps_high)*A) + beta*kl_i), r = exp(logp - old).
+    reduction: "sum", "mean" (over k; 0 when k = 0) or "none" ([k]).
+    """
+    backend = get_backend(impl, hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu"))
+    return compose_pg_loss(
+        backend.logprob,
+        backend.epilogue,
+        hidden,
+        weight,
+        targets,
+        advantages,
+        index,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        weights=weights,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        beta=beta,
+        temperature=temperature,
+        reduction=reduction,
+    )

@@ -1,0 +1,203 @@
+"""PyTorch twins of tokrl's kernels: the CPU path and the baseline every test and benchmark compares against.
+
+Math, per selected row i (k rows, `index[i]` picks a row of `hidden`; no index means all N rows):
+
+    z      = hidden[index[i]] @ weight.T / T                      [V] fp32
+    logp_i = z[targets[i]] - logsumexp(z)                          fp32, <= 0
+    r      = exp(logp_i - old_i)                                   (old = logp.detach() when None, so r = 1)
+    pg     = -min(r * A_i, clamp(r, 1 - eps_low, 1 + eps_high) * A_i)
+    kl     = exp(ref_i - logp_i) - (ref_i - logp_i) - 1            (k3 estimator, only when beta > 0)
+    loss_i = w_i * (pg + beta * kl)
+
+Backward of logp_i: dz = g_i * (onehot(targets[i]) - softmax(z)) / T, dH[index[i]] += dz @ W, dW += dz^T @ h.
+
+Memory: `linear_logprob` is an autograd.Function that walks rows in chunks of at most `_ROW_CHUNK` and the
+vocabulary in chunks sized so the fp32 work buffers stay under `_WORKSPACE_BYTES`, keeps only the per-row
+log-sum-exp [k] for backward and recomputes the logits there. It never holds [k, V]: extra memory beyond
+the gradients is a fixed workspace, whatever k and V are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokrl_kernels._pg_compose import PGLoss, compose_pg_loss
+from tokrl_kernels._validation import validate_logprob_inputs
+
+_ROW_CHUNK = 512
+_WORKSPACE_BYTES = 64 * 1024 * 1024  # fp32 logits/probabilities tiles + an fp32 weight slice (+ its dW slice)
+
+
+def _vocab_chunk(rows: int, hidden_dim: int, vocab: int) -> int:
+    """Vocabulary slice such that fp32 [rows, slice] tiles + 2 fp32 [slice, D] slices fit the workspace."""
+    per_vocab_row = 4 * (3 * rows + 2 * hidden_dim)
+    return max(128, min(vocab, _WORKSPACE_BYTES // per_vocab_row))
+
+
+def _row_chunks(k: int):
+    for start in range(0, k, _ROW_CHUNK):
+        yield start, min(start + _ROW_CHUNK, k)
+
+
+def _vocab_slices(rows: int, hidden_dim: int, vocab: int):
+    step = _vocab_chunk(rows, hidden_dim, vocab)
+    for start in range(0, vocab, step):
+        yield start, min(start + step, vocab)
+
+
+class _ChunkedLinearLogprob(torch.autograd.Function):
+    """log_softmax(hidden[index] @ weight.T / T)[targets], chunked over rows and vocabulary; recomputes in bwd."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, index, temperature):
+        k, vocab, hidden_dim = index.numel(), weight.shape[0], weight.shape[1]
+        logp = torch.empty(k, dtype=torch.float32, device=hidden.device)  # [k]
+        lse = torch.empty(k, dtype=torch.float32, device=hidden.device)  # [k]
+        for r0, r1 in _row_chunks(k):
+            rows = hidden.index_select(0, index[r0:r1]).float()  # [c, D] one chunk, never all k
+            tgt = targets[r0:r1]  # [c]
+            run_max = torch.full((r1 - r0,), float("-inf"), device=hidden.device)  # [c]
+            run_sum = torch.zeros(r1 - r0, device=hidden.device)  # [c]
+            tgt_logit = torch.zeros(r1 - r0, device=hidden.device)  # [c]
+            for v0, v1 in _vocab_slices(r1 - r0, hidden_dim, vocab):
+                z = (rows @ weight[v0:v1].float().T).div_(temperature)  # [c, vc] fp32
+                in_tile = (tgt >= v0) & (tgt < v1)  # [c]
+                local = (tgt - v0).clamp(0, v1 - v0 - 1)  # [c]
+                picked = z.gather(1, local[:, None]).squeeze(1)  # [c] target logit read from the fp32 tile
+                tgt_logit = torch.where(in_tile, picked, tgt_logit)
+                new_max = torch.maximum(run_max, z.amax(dim=1))  # [c]
+                # In place: one [c, vc] tile alive at a time keeps the workspace bound honest.
+                run_sum = run_sum * torch.exp(run_max - new_max) + z.sub_(new_max[:, None]).exp_().sum(1)  # [c]
+                run_max = new_max
+            lse[r0:r1] = run_max + torch.log(run_sum)
+            logp[r0:r1] = tgt_logit - lse[r0:r1]
+        # Rounding can push a certain token's logp a hair above zero; a log-probability never is.
+        logp.clamp_(max=0.0)
+        ctx.save_for_backward(hidden, weight, targets, index, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(lse)
+        return logp, lse
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_lse):
+        hidden, weight, targets, index, lse = ctx.saved_tensors
+        temperature = ctx.temperature
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        k, vocab, hidden_dim = index.numel(), weight.shape[0], weight.shape[1]
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None  # [N, D]
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None  # [V, D]
+        grad_logp = grad_logp.float()  # [k]
+        for r0, r1 in _row_chunks(k):
+            idx = index[r0:r1]  # [c]
+            rows = hidden.index_select(0, idx).float()  # [c, D]
+            tgt = targets[r0:r1]  # [c]
+            g = grad_logp[r0:r1]  # [c]
+            d_rows = torch.zeros_like(rows) if need_h else None  # [c, D]
+            for v0, v1 in _vocab_slices(r1 - r0, hidden_dim, vocab):
+                w_slice = weight[v0:v1].float()  # [vc, D]
+                z = (rows @ w_slice.T).div_(temperature)  # [c, vc]
+                dz = z.sub_(lse[r0:r1, None]).exp_().mul_(-g[:, None])  # [c, vc] = -g * softmax, in place
+                in_tile = (tgt >= v0) & (tgt < v1)  # [c]
+                hit = in_tile.nonzero().squeeze(1)  # [h]
+                # The +g of the one-hot is added in fp32 on the tile: no bf16 cancellation of g*(1 - p).
+                dz[hit, tgt[hit] - v0] += g[hit]
+                dz /= temperature
+                if need_h:
+                    d_rows += dz @ w_slice  # [c, D]
+                if need_w:
+                    grad_w[v0:v1] += dz.T @ rows  # [vc, D]
+            if need_h:
+                grad_h.index_add_(0, idx, d_rows)  # repeated indices add up
+        grad_hidden = grad_h.to(hidden.dtype) if need_h else None
+        grad_weight = grad_w.to(weight.dtype) if need_w else None
+        return grad_hidden, grad_weight, None, None, None
+
+
+def chunked_linear_logprob(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Validated-input core of `linear_logprob`: index is an int64 [k] tensor. Returns logp [k] fp32."""
+    logp, _lse = _ChunkedLinearLogprob.apply(hidden, weight, targets, index, float(temperature))
+    return logp
+
+
+def pg_epilogue(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    *,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row clipped policy-gradient (+ beta * k3 KL) loss from log-probs; differentiable w.r.t. logp.
+
+    Works in logp's floating dtype (fp32 from the kernels; float64 for the tests' ground truth).
+    Returns (loss_rows [k], clipped [k] bool); a clipped row has zero gradient.
+    """
+    dtype = logp.dtype
+    adv = advantages.to(dtype)  # [k]
+    old = logp.detach() if old_logp is None else old_logp.to(dtype)  # [k]
+    ratio = torch.exp(logp - old)  # [k]
+    clamped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [k]
+    clipped = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))  # [k] bool
+    # min(r*A, clamp(r)*A) is the clamp branch exactly where `clipped`; that branch is constant in logp.
+    pg = -torch.where(clipped, (clamped * adv).detach(), ratio * adv)  # [k]
+    loss = pg
+    if beta > 0.0:
+        delta = ref_logp.to(dtype) - logp  # [k]
+        loss = loss + beta * (torch.exp(delta) - delta - 1.0)
+    if weights is not None:
+        loss = loss * weights.to(dtype)
+    return loss, clipped
+
+
+def linear_logprob(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    index: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log softmax(hidden[index] @ weight.T / temperature)[targets] as fp32 [k], without [k, V] logits."""
+    index = validate_logprob_inputs(hidden, weight, targets, index, temperature)
+    return chunked_linear_logprob(hidden, weight, targets, index, temperature)
+
+
+def linear_pg_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    advantages: torch.Tensor,
+    index: torch.Tensor | None = None,
+    *,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    reduction: str = "sum",
+) -> PGLoss:
+    """The clipped policy-gradient loss at selected rows (see the module docstring), PyTorch twin."""
+    return compose_pg_loss(
+        chunked_linear_logprob,
+        pg_epilogue,
+        hidden,
+        weight,
+        targets,
+        advantages,
+        index,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        weights=weights,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        beta=beta,
+        temperature=temperature,
+        reduction=reduction,
+    )
