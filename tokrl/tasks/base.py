@@ -1,0 +1,108 @@
+"""The Task contract between data, the model's prompt and the reward.
+
+A task owns two `datasets.Dataset` splits ("train", "test") with at least a `prompt` and an `answer`
+column, the template that turns a `prompt` into the model's input text, the completion used for the
+supervised warm start, and a reward function with TRL's contract:
+`reward(completions, **columns) -> list[float | None]`, columns being lists aligned with completions.
+The trainer passes each example's columns repeated once per completion.
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import datasets
+
+SPLITS = ("train", "test")
+REQUIRED_COLUMNS = ("prompt", "answer")
+PLACEHOLDER = "{prompt}"
+
+RewardFn = Callable[..., Sequence[float | None]]
+
+
+def check_template(template: str) -> str:
+    """A prompt template must hold the "{prompt}" placeholder (it is replaced, not str.format-ted)."""
+    if not isinstance(template, str) or PLACEHOLDER not in template:
+        raise ValueError(f"template must be a string containing {PLACEHOLDER!r}, got {template!r}")
+    return template
+
+
+def check_columns(dataset: datasets.Dataset, *, what: str) -> datasets.Dataset:
+    """Raise a ValueError naming the missing required columns and the columns found."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{what}: missing column(s) {missing}; columns found: {dataset.column_names} "
+            f"(a task needs {list(REQUIRED_COLUMNS)})"
+        )
+    return dataset
+
+
+class Task(ABC):
+    """A named dataset pair plus prompt template and reward.
+
+    Subclasses set `default_template`, fill `options` with every resolved option (plain values only, as
+    they are written into checkpoint configs) and implement `_split` and `_score`.
+    """
+
+    name: str = "task"  # set by `register_task`
+    default_template: str = PLACEHOLDER
+
+    def __init__(self, template: str | None = None) -> None:
+        self.template = check_template(self.default_template if template is None else template)
+        self.options: dict[str, Any] = {"template": self.template}
+
+    @property
+    @abstractmethod
+    def reward_name(self) -> str:
+        """The reward function's name, for logs and error messages."""
+
+    @abstractmethod
+    def _split(self, name: str) -> datasets.Dataset:
+        """The dataset of split `name`, already validated to be one of SPLITS."""
+
+    @abstractmethod
+    def _score(self, completions: list[Any], columns: dict[str, list[Any]]) -> list[float | None]:
+        """Rewards of `completions`; lengths are already checked."""
+
+    def split(self, name: str) -> datasets.Dataset:
+        """The "train" or "test" split: a Dataset with `prompt` and `answer` columns (and maybe others)."""
+        if name not in SPLITS:
+            raise ValueError(f"task {self.name!r}: unknown split {name!r}; expected one of {list(SPLITS)}")
+        return self._split(name)
+
+    def format_prompt(self, prompt: str) -> str:
+        """The text fed to the model for a `prompt` column value."""
+        return self.template.replace(PLACEHOLDER, prompt)
+
+    def reference_completion(self, example: dict[str, Any]) -> str:
+        """The completion used as the supervised warm-start target (EOS is the trainer's business)."""
+        return str(example["answer"])
+
+    def reward(self, completions: list[Any], **columns: list[Any]) -> list[float | None]:
+        """Score each completion against its aligned column values; None means "cannot score"."""
+        completions = list(completions)
+        for column, values in columns.items():
+            # Any sized column works (list, datasets Column, numpy array); a bare string is a common slip.
+            if isinstance(values, str | bytes) or not hasattr(values, "__len__") or len(values) != len(completions):
+                raise ValueError(
+                    f"{self.reward_name}: column {column!r} must be a list aligned with the "
+                    f"{len(completions)} completions"
+                )
+        if not completions:
+            return []
+        scores = list(self._score(completions, {column: list(values) for column, values in columns.items()}))
+        if len(scores) != len(completions):
+            raise ValueError(f"{self.reward_name}: returned {len(scores)} rewards for {len(completions)} completions")
+        checked: list[float | None] = []
+        for score in scores:
+            if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real)):
+                raise TypeError(f"{self.reward_name}: rewards must be numbers or None, got {score!r}")
+            checked.append(None if score is None else float(score))
+        return checked
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, options={self.options!r})"

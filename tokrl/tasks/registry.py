@@ -1,0 +1,47 @@
+"""Name -> Task class registry: `get_task(name, **options)` builds tasks; the trainer never branches on names."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tokrl.tasks.base import Task
+
+TASKS: dict[str, type[Task]] = {}
+
+T = TypeVar("T", bound=type[Task])
+
+
+def register_task(name: str) -> Callable[[T], T]:
+    """Class decorator: `@register_task("svamp")` makes the Task subclass available to `get_task`."""
+
+    def decorate(cls: T) -> T:
+        if name in TASKS and TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is already registered to {TASKS[name].__name__}")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """Build the registered task `name` with its keyword `options` (see each task class for them)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(available_tasks())}")
+    cls = TASKS[name]
+    accepted = [
+        param.name
+        for param in inspect.signature(cls).parameters.values()
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"task {name!r}: unknown option(s) {unknown}; accepted options: {accepted}")
+    return cls(**options)
+
+
+def available_tasks() -> list[str]:
+    """Names of the registered tasks, sorted."""
+    return sorted(TASKS)
