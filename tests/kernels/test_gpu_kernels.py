@@ -1,0 +1,94 @@
+"""The Triton kernels at Qwen2-1.5B's LM-head shape on CUDA (skipped with "needs CUDA" elsewhere).
+
+D = 1536, V = 151936, k = 4096 (distinct rows, and rows drawn with repeats). At this size the float64 full-logits
+truth does not fit, so the full-size check compares with the PyTorch twin (fp32 logits, chunked) under the rule
+max|triton - twin| <= 2 * max|naive same dtype - twin| + atol; a float64 check runs on a few rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.utils import assert_close_to_ref, naive_pg_loss, ref64_pg_loss
+from tokrl_kernels import linear_pg_loss
+
+pytestmark = pytest.mark.gpu
+D, V = 1536, 151936
+ATOL = {torch.float32: 1e-4, torch.bfloat16: 2e-3}
+MiB = 2**20
+
+# (id, dtype, N rows of hidden, k selected, repeats): why
+CASES = [
+    ("bf16-k4096", torch.bfloat16, 4096, 4096, False),  # the target shape of the benchmarks
+    ("bf16-k4096-repeats", torch.bfloat16, 1024, 4096, True),  # about 4 hits per row: atomics must add up
+    ("fp32-k4096", torch.float32, 4096, 4096, False),  # fp32 takes IEEE dots: no TF32 drift allowed
+]
+
+
+def _inputs(dtype, n_rows, k, repeats):
+    dev = torch.device("cuda")
+    hidden = torch.randn(n_rows, D, device=dev).to(dtype)  # [N, D]
+    weight = (torch.randn(V, D, device=dev) * (2.0 / math.sqrt(D))).to(dtype)  # [V, D]
+    index = torch.randint(0, n_rows, (k,), device=dev) if repeats else torch.randperm(n_rows, device=dev)[:k]
+    targets = torch.randint(0, V, (k,), device=dev)  # [k]
+    with torch.no_grad():
+        logp = linear_pg_loss(hidden, weight, targets, torch.zeros(k, device=dev), index, impl="torch").logp  # [k]
+    offsets = (torch.rand(k, device=dev) - 0.5) * 1.2  # [k] ratios on both sides of both bounds
+    return dict(
+        hidden=hidden, weight=weight, targets=targets, index=index, advantages=torch.randn(k, device=dev),
+        old_logp=logp + offsets, ref_logp=logp + 0.3 * torch.randn(k, device=dev),
+    )  # fmt: skip
+
+
+def _run(fn, x, **kw):
+    """(loss, logp, dH, dW, peak bytes above the start) of one forward + backward."""
+    hidden = x["hidden"].clone().requires_grad_(True)
+    weight = x["weight"].clone().requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    out = fn(hidden, weight, x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
+             ref_logp=x["ref_logp"], beta=0.05, temperature=0.9, **kw)  # fmt: skip
+    out[0].backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - start
+    return out[0].detach(), out[1].detach(), hidden.grad, weight.grad, peak
+
+
+@pytest.mark.parametrize("dtype,n_rows,k,repeats", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_full_size_matches_twin(dtype, n_rows, k, repeats):
+    x = _inputs(dtype, n_rows, k, repeats)
+    _run(linear_pg_loss, x, impl="triton")  # autotuning (and its L2-flush buffer) happens here, not below
+    fast = _run(linear_pg_loss, x, impl="triton")
+    twin = _run(linear_pg_loss, x, impl="torch")
+    naive = _run(naive_pg_loss, x)
+    atol = ATOL[dtype]
+    assert (fast[1] <= 0).all()
+    for i, name in enumerate(("loss", "logp", "dH", "dW")):
+        scale = 1.0 if i != 0 else max(1.0, twin[0].abs().item())
+        assert_close_to_ref(fast[i], naive[i], twin[i], atol=atol * scale, name=name)
+    # The fp32 gradient accumulators and their casts to the input dtype are outputs; anything beyond is workspace.
+    cast = 0 if dtype == torch.float32 else torch.empty(0, dtype=dtype).element_size()
+    grads = (4 + cast) * (n_rows * D + V * D)
+    extra = fast[4] - grads
+    logits_fp32 = 4 * k * V
+    assert extra < 64 * MiB, f"Triton path used {extra / MiB:.0f} MiB beyond its gradients (limit 64 MiB)"
+    assert naive[4] - grads > logits_fp32 // 2, "control: the naive run should hold [k, V] logits"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_few_rows_match_float64(dtype):
+    # Float64 full logits for 8 rows (8 x V) and the float64 gradients of the whole head.
+    x = _inputs(dtype, 4096, 8, False)
+    fast = _run(linear_pg_loss, x, impl="triton")
+    naive = _run(naive_pg_loss, x)
+    ref = ref64_pg_loss(x["hidden"], x["weight"], x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
+                        ref_logp=x["ref_logp"], beta=0.05, temperature=0.9)  # fmt: skip
+    atol = ATOL[dtype]
+    assert_close_to_ref(fast[1], naive[1], ref.logp, atol=atol, name="logp")
+    assert_close_to_ref(fast[0], naive[0], ref.loss, atol=atol * max(1.0, ref.loss.abs().item()), name="loss")
+    assert_close_to_ref(fast[2], naive[2], ref.grad_hidden, atol=atol, name="dH")
+    assert_close_to_ref(fast[3], naive[3], ref.grad_weight, atol=atol, name="dW")
