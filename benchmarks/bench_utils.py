@@ -1,0 +1,136 @@
+"""What every benchmark file shares: the device, timing, peak memory, the correctness gate and `extra_info`.
+
+Timing: `pytest-benchmark`'s `pedantic` with one call per round; on CUDA the timed function ends with
+`torch.cuda.synchronize()`, so a round is the GPU time of the call, and pytest-benchmark takes the median.
+
+Peak memory ("MiB above the inputs"), measured in a separate, untimed call:
+- CUDA: `reset_peak_memory_stats`, then `max_memory_allocated()` minus what was allocated before the call.
+- CPU: torch has no allocator peak counter, so the call runs once under `torch.profiler` with
+  `profile_memory=True`; every allocation and free the CPU allocator makes during the call is an event
+  with a signed byte count, and the peak is the running maximum of their sum in time order. Tensors that
+  existed before the call (the inputs) are not events, so this is the peak above the inputs, the same
+  quantity as on CUDA. It counts torch tensors only (not Python objects or the MKL/oneDNN scratch space).
+  It reads the profiler's raw event list; if a torch release moves it, the figure is None, never a guess.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+try:
+    import triton
+
+    TRITON_VERSION: str | None = triton.__version__
+except ImportError:  # the CPU suite needs no triton
+    TRITON_VERSION = None
+
+MIB = 2**20
+ON_CUDA = torch.cuda.is_available() and os.environ.get("TOKRL_BENCH_DEVICE", "").lower() != "cpu"
+DEVICE = torch.device("cuda") if ON_CUDA else torch.device("cpu")
+
+
+def device_name() -> str:
+    """Name such as "NVIDIA H100 80GB HBM3" on CUDA, "cpu" otherwise (the report keys its CPU label on it)."""
+    return torch.cuda.get_device_name(DEVICE) if ON_CUDA else "cpu"
+
+
+def sync() -> None:
+    if ON_CUDA:
+        torch.cuda.synchronize()
+
+
+def rounds(seconds_per_call: float) -> dict[str, int]:
+    """pedantic() repeat counts: about 1 s of rounds per benchmark, at least 10 on CUDA and 3 on the CPU.
+
+    Each benchmark has already run the call twice before timing (correctness gate, memory), so on CPU
+    that is the warm-up; on CUDA a few more rounds let the clocks and the caching allocator settle.
+    """
+    lo, hi, warmup = (10, 100, 3) if ON_CUDA else (3, 15, 0)
+    n = int(1.0 / seconds_per_call) if seconds_per_call > 0 else hi
+    return {"rounds": min(hi, max(lo, n)), "warmup_rounds": warmup}
+
+
+def peak_mib(fn: Callable[[], object]) -> tuple[float | None, float]:
+    """(peak MiB allocated by one call of `fn` above what was allocated before it, the call's seconds).
+
+    The seconds only size the timed rounds (on CPU they include the profiler's overhead); see module doc.
+    """
+    gc.collect()
+    if ON_CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() - before
+        del out
+        return peak / MIB, seconds
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        start = time.perf_counter()
+        out = fn()
+        del out  # frees inside the window count too: the peak is what matters, not the balance
+        seconds = time.perf_counter() - start
+    results = getattr(getattr(prof, "profiler", None), "kineto_results", None)
+    if results is None:
+        return None, seconds
+    events = sorted((e for e in results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    running = peak = 0
+    for event in events:
+        running += event.nbytes()  # + allocation, - free
+        peak = max(peak, running)
+    return peak / MIB, seconds
+
+
+def extra_info(
+    *,
+    provider: str,
+    mode: str,
+    n_rows: int,
+    n_selected: int,
+    hidden: int,
+    vocab: int,
+    dtype: torch.dtype,
+    peak_mem_mib: float | None,
+    tflops: float | None,
+) -> dict[str, object]:
+    """The `benchmark.extra_info` record every benchmark writes (report.py reads exactly these keys)."""
+    return {
+        "provider": provider,
+        "device": device_name(),
+        "mode": mode,
+        "n_rows": n_rows,
+        "n_selected": n_selected,
+        "hidden": hidden,
+        "vocab": vocab,
+        "dtype": str(dtype).removeprefix("torch."),
+        "peak_mem_mib": None if peak_mem_mib is None else round(peak_mem_mib, 2),
+        "tflops": tflops,
+        "torch_version": torch.__version__,
+        "triton_version": TRITON_VERSION,
+    }
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want|| in float64 (0 when both are 0)."""
+    got, want = got.detach().double(), want.detach().double()
+    scale = want.norm().item()
+    diff = (got - want).norm().item()
+    return diff / scale if scale > 0 else diff
+
+
+def check_close(name: str, got: torch.Tensor | None, want: torch.Tensor, tol: float) -> None:
+    """Fail the benchmark when a provider disagrees with the chunked reference (relative L2 error)."""
+    assert got is not None, f"{name}: the provider produced no value"
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != reference {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    err = rel_err(got, want)
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e} against the chunked reference"
