@@ -1,0 +1,5 @@
+"""`python -m tokrl ...` is the `tokrl` command."""
+
+from tokrl.cli import main
+
+raise SystemExit(main())

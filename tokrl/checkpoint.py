@@ -1,0 +1,179 @@
+"""Checkpoints: everything a run needs to continue bit for bit, written atomically.
+
+`output_dir/checkpoint-{step}/` holds
+    adapter_model.safetensors, adapter_config.json   the LoRA adapter (peft `save_pretrained`)
+    optimizer.pt, scheduler.pt                        optimiser and learning-rate scheduler state
+    rng_state.pt                                      python, numpy, torch CPU and CUDA generator states
+    trainer_state.json                                step, evaluation so far, run bookkeeping
+    algorithm_state.json                              `Algorithm.state_dict()` (T-SPMO's replay buffer)
+    config.yaml                                       the resolved TrainConfig
+It is written into a temporary sibling and renamed into place, so a crash never leaves a half checkpoint
+that `latest_checkpoint` would pick up. Only the newest `keep` checkpoints are kept. `StopSignals` turns
+SIGINT/SIGTERM into a request the training loop answers with a checkpoint after the current step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from peft import PeftModel
+from peft.utils import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+logger = logging.getLogger("tokrl")
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+@dataclass
+class CheckpointState:
+    """What `load_checkpoint` restores besides the tensors it loads in place."""
+
+    step: int
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    algorithm_state: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the run touches."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories in `output_dir`, oldest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(output_dir)
+    return dirs[-1] if dirs else None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    algorithm_state: dict[str, Any],
+    config: dict[str, Any],
+    keep: int = 0,
+) -> Path:
+    """Write `output_dir/checkpoint-{step}` atomically (replacing one of the same step); keep the newest
+    `keep` checkpoints (0 = all). Returns the checkpoint directory."""
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=root))
+    try:
+        model.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng_state.pt")
+        _write_json(tmp / "trainer_state.json", {**trainer_state, "step": step})
+        _write_json(tmp / "algorithm_state.json", algorithm_state)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        if final.exists():
+            stale = final.with_name(f".stale-{final.name}-{os.getpid()}")
+            final.rename(stale)
+            shutil.rmtree(stale)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep > 0:
+        for old in checkpoint_dirs(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: str | Path, *, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> CheckpointState:
+    """Load the adapter, optimiser, scheduler and RNG states of checkpoint `path` in place."""
+    path = Path(path)
+    adapter = load_file(str(path / ADAPTER_FILE), device=str(next(model.parameters()).device))
+    result = set_peft_model_state_dict(model, adapter)
+    unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if unexpected or missing:
+        raise RuntimeError(
+            f"checkpoint {path}: the adapter does not match the model (lora_r or target modules changed?): "
+            f"unexpected {unexpected[:3]}, missing {missing[:3]}"
+        )
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    set_rng_state(torch.load(path / "rng_state.pt", weights_only=False))
+    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    return CheckpointState(
+        step=int(trainer_state["step"]),
+        trainer_state=trainer_state,
+        algorithm_state=json.loads((path / "algorithm_state.json").read_text()),
+        config=yaml.safe_load((path / "config.yaml").read_text()) or {},
+    )
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set `requested` (the loop checkpoints and exits after the current step); a second
+    SIGINT raises KeyboardInterrupt. Previous handlers come back on exit. Main thread only."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

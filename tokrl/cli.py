@@ -1,0 +1,209 @@
+"""The `tokrl` command (also `python -m tokrl`): train, eval, env.
+
+    tokrl train                                   # the tiny-multiplication preset, CPU, a few minutes
+    tokrl train --preset svamp-qwen2-1.5b --algorithm t-spmo --output-dir runs/svamp
+    tokrl train --config run.yaml --steps 100 --lora-r 8 --resume
+    tokrl eval --model outputs/x/sft --adapter outputs/x/checkpoint-60 --task multiplication \
+        --task-options '{digits_a: 2, digits_b: 1}'
+    tokrl env                                     # versions and devices, for bug reports
+
+`train` has one flag per TrainConfig field (`--key-name value` or `--key_name value`, help text from the
+field's metadata); values are parsed like YAML (`--task-options '{digits_a: 3}'`, `--resume`, `--progress
+false`). Configuration errors print one line naming the field and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from tokrl.config import DEFAULT_PRESET, PRESETS, flat_fields
+
+EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What a wrong name, path, value or unreachable model raises (one line, exit 2; no traceback)."""
+    from tokrl.models import ModelLoadError
+
+    return (ValueError, FileNotFoundError, ModelLoadError)
+
+
+def _fail(args: argparse.Namespace, err: object) -> int:
+    print(f"tokrl {args.command}: error: {err}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("config fields (override the preset and --config)")
+    for key, spec in flat_fields().items():
+        names = [_flag(key)] + ([f"--{key}"] if "_" in key else [])
+        help_text = spec.field.metadata.get("help", "")
+        metavar = {int: "N", float: "X", str: "STR"}.get(spec.type, "YAML")
+        kwargs: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS, "help": help_text, "metavar": metavar}
+        if spec.type is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        group.add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokrl", description="Token-efficient RL for LLM reasoning.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,env}")
+    train = sub.add_parser("train", help="RL training (default: the tiny-multiplication preset)", allow_abbrev=False)
+    train.add_argument(
+        "--preset", default=None, help=f"Named preset: {', '.join(sorted(PRESETS))} (default {DEFAULT_PRESET})."
+    )
+    train.add_argument("--config", default=None, metavar="FILE", help="YAML config file (flat or nested keys).")
+    _add_config_flags(train)
+    ev = sub.add_parser("eval", help="greedy accuracy@1 of a model on a task split", allow_abbrev=False)
+    ev.add_argument("--model", required=True, help="'tiny', a local model directory or a hub id.")
+    ev.add_argument("--adapter", default=None, help="A LoRA adapter directory (e.g. a checkpoint-N folder).")
+    ev.add_argument("--task", required=True, help="Task name.")
+    ev.add_argument("--task-options", default="{}", help="Task options as YAML, e.g. '{digits_a: 2}'.")
+    ev.add_argument("--split", default="test", choices=["train", "test"])
+    ev.add_argument("--limit", type=int, default=None, help="Evaluate the first N examples only.")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--max-new-tokens", type=int, default=200)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--examples", type=int, default=3, help="Print this many (prompt, completion, reward).")
+    sub.add_parser("env", help="print versions and devices (for bug reports)")
+    return parser
+
+
+def _quiet_dependencies() -> None:
+    """Progress bars and deprecation chatter of transformers/peft would bury the run's own output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("tokrl").setLevel(logging.INFO)
+
+
+def _unknown_flags(unknown: list[str]) -> str:
+    known = [_flag(k) for k in flat_fields()] + ["--preset", "--config"]
+    flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")] or unknown
+    parts = []
+    for name in flags:
+        close = difflib.get_close_matches(name.replace("_", "-"), known, n=3) if name.startswith("--") else []
+        parts.append(name + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return "unrecognized arguments: " + "; ".join(parts)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tokrl.config import load_config
+    from tokrl.trainer import NonFiniteLossError, Trainer
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset", "config")}
+    try:
+        config = load_config(args.preset, args.config, **overrides)  # validated: names, batch arithmetic
+        trainer = Trainer(config)  # builds the task and algorithm; checks the splits before any weights load
+        _quiet_dependencies()
+        trainer.setup()  # warm start, model, LoRA, optimiser, resume: bad models and paths fail here
+    except _config_errors() as err:
+        return _fail(args, err)
+    try:
+        result = trainer.run()  # from here on an exception is a bug or a failure worth a traceback
+    except NonFiniteLossError as err:
+        print(f"tokrl: error: {err}", file=sys.stderr)
+        return 1
+    before, after = result.eval_before, result.eval_after
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume")
+        return EXIT_INTERRUPTED
+    delta = f" ({100 * (after - before):+.1f} points)" if before is not None and after is not None else ""
+    print(f"{config.algorithm} on {config.task}: accuracy {_pct(before)} -> {_pct(after)}{delta} after "
+          f"{result.steps} steps, {result.wall_time_s:.0f} s; results in {result.output_dir}/results.json")  # fmt: skip
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tokrl.evaluate import evaluate
+    from tokrl.trainer import resolve_device
+
+    options = yaml.safe_load(args.task_options) or {}
+    if not isinstance(options, dict):
+        return _fail(args, f"task_options: expected a mapping like '{{digits_a: 2}}', got {args.task_options!r}")
+    _quiet_dependencies()
+    try:
+        result = evaluate(
+            args.model, args.task, task_options=options, adapter=args.adapter, split=args.split, limit=args.limit,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            device=str(resolve_device(args.device)), dtype=args.dtype, examples=args.examples,
+        )  # fmt: skip
+    except _config_errors() as err:
+        return _fail(args, err)
+    for prompt, completion, reward in result.pop("examples", []):
+        print(f"  {prompt!r} -> {completion!r} (reward {reward})")
+    print(json.dumps(result))
+    return 0
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import torch
+
+    lines = [
+        f"python        {platform.python_version()} ({sys.executable})",
+        f"platform      {platform.platform()}",
+    ]
+    for name in ("torch", "triton", "transformers", "peft", "datasets", "tokrl"):
+        lines.append(f"{name:<13} {_version(name)}")
+    lines.append(f"cuda (torch)  {torch.version.cuda or 'none'}")
+    lines.append(f"cpu           {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            lines.append(
+                f"cuda:{i}        {props.name}, {props.total_memory / 2**30:.1f} GiB, sm_{props.major}{props.minor}"
+            )
+    else:
+        lines.append("cuda          not available")
+    env = {k: v for k, v in os.environ.items() if k.startswith(("TOKRL_", "TRITON_INTERPRET", "CUDA_VISIBLE"))}
+    for key, value in sorted(env.items()):
+        lines.append(f"env           {key}={value}")
+    print("\n".join(lines))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "env": cmd_env}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG_ERROR
+    if unknown:
+        print(f"tokrl {args.command}: error: {_unknown_flags(unknown)}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return COMMANDS[args.command](args)

@@ -1,0 +1,422 @@
+"""Training configuration: one dataclass tree, named presets, YAML files and `--key value` overrides.
+
+`TrainConfig` holds the run-level fields and three sections: `generation` (GenerationConfig: how rollouts
+are sampled), `lora` (LoRAConfig) and `algo` (AlgoConfig, owned by `tokrl.algorithms.base`). Every field is
+documented once, in its `metadata={"help": ...}`, which the CLI reuses as flag help.
+
+Flat keys: every field also has one flat name, used by `--key value`, `load_config(**overrides)` and flat
+YAML files: run-level fields by their name, `generation` and `algo` fields by their name (`temperature`,
+`replay_prob`), `lora` fields with a `lora_` prefix (`lora_r`, `lora_alpha`). Nested YAML (`lora: {r: 8}`)
+is accepted too. The resolved config is written nested (`to_dict`).
+
+Precedence in `load_config`: dataclass defaults < preset < YAML file < overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokrl.algorithms.base import AlgoConfig
+
+__all__ = [
+    "AlgoConfig",
+    "DEFAULT_PRESET",
+    "GenerationConfig",
+    "LoRAConfig",
+    "PRESETS",
+    "TrainConfig",
+    "flat_fields",
+    "load_config",
+    "validate_config",
+]
+
+PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LR_SCHEDULERS = ("constant", "linear", "cosine")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+IMPLS = ("auto", "triton", "torch")
+
+
+@dataclass
+class GenerationConfig:
+    """How the G rollout completions of a prompt are sampled (HF `generate`, sampling on)."""
+
+    num_generations: int = field(default=8, metadata={"help": "G: completions sampled per prompt (>= 2)."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Most new tokens per completion (also for eval)."})
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature; the loss's log-probs use the same temperature (pi_theta = sampler)."},
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = full distribution)."})
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapter on the policy (never on lm_head); flat keys carry a `lora_` prefix."""
+
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (active in the loss forward)."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(PAPER_LORA_TARGETS),
+        metadata={"help": "Module names that get adapters (attention and MLP projections)."},
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Defaults are the paper's settings for real models; see PRESETS."""
+
+    algorithm: str = field(default="s-grpo", metadata={"help": "RL algorithm (registry name)."})
+    task: str = field(default="svamp", metadata={"help": "Task (registry name)."})
+    task_options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Task options as a mapping, e.g. '{digits_a: 2, digits_b: 2}'."}
+    )
+    model: str = field(
+        default="Qwen/Qwen2-1.5B", metadata={"help": "'tiny', a local model directory or a Hugging Face hub id."}
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."}
+    )
+    device: str = field(default="auto", metadata={"help": "Device: auto (cuda when available), cpu, cuda, cuda:1."})
+    num_threads: int = field(
+        default=0, metadata={"help": "CPU threads for torch (0 = torch's default; 1 is fastest for tiny models)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Run seed: data order, sampling, token selection, LoRA init."})
+    steps: int = field(default=200, metadata={"help": "RL steps (one rollout batch each)."})
+    prompts_per_step: int = field(default=4, metadata={"help": "Prompts per step; the batch is prompts x G."})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate for the LoRA weights."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    lr_scheduler: str = field(default="constant", metadata={"help": "constant, linear or cosine (after warmup)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warmup, in optimiser steps."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (<= 0: no clipping)."})
+    eps_low: float = field(default=0.2, metadata={"help": "PPO clip: ratio lower bound 1 - eps_low."})
+    eps_high: float = field(default=0.2, metadata={"help": "PPO clip: ratio upper bound 1 + eps_high."})
+    beta: float = field(
+        default=0.0, metadata={"help": "KL (k3) weight to the base model (the adapter disabled); 0 = off."}
+    )
+    num_iterations: int = field(
+        default=1, metadata={"help": "Optimiser steps per rollout batch (> 1 uses the PPO ratio and clipping)."}
+    )
+    impl: str = field(default="auto", metadata={"help": "Kernel implementation: auto, triton or torch."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward (less memory, slower)."}
+    )
+    sft_steps: int = field(
+        default=0,
+        metadata={"help": "Supervised warm-start steps (full fine-tune) before RL; cached in output_dir/sft."},
+    )
+    sft_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the supervised warm start."})
+    sft_batch_size: int = field(default=32, metadata={"help": "Examples per supervised warm-start step."})
+    eval_every: int = field(
+        default=0, metadata={"help": "Greedy test evaluation every N steps (0 = only before and after)."}
+    )
+    eval_size: int = field(default=0, metadata={"help": "Test examples evaluated (0 = the whole test split)."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Prompts per greedy evaluation batch."})
+    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept, newest first (0 = keep all)."})
+    output_dir: str = field(
+        default="outputs/{task}-{algorithm}",
+        metadata={"help": "Run directory; {field} placeholders are filled from this config."},
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in output_dir."})
+    log_every: int = field(default=1, metadata={"help": "Write metrics every N steps."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar (only on a terminal)."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Rollout sampling."})
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapter."})
+    algo: AlgoConfig = field(default_factory=AlgoConfig, metadata={"help": "Algorithm options."})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested plain-data form (what YAML files and checkpoints hold)."""
+        return dataclasses.asdict(self)
+
+    def resolved_output_dir(self) -> Path:
+        """output_dir with `{field}` placeholders filled from the run-level fields."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in SECTIONS}
+        return Path(self.output_dir.format(**values))
+
+
+# section name -> flat-key prefix
+SECTIONS: dict[str, str] = {"generation": "", "lora": "lora_", "algo": ""}
+
+DEFAULT_PRESET = "tiny-multiplication"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: a ~100-character-vocabulary tiny model on 2-digit x 1-digit products, on CPU.
+    # It starts from a short supervised warm start (the model has no pretrained weights).
+    "tiny-multiplication": {
+        "model": "tiny",
+        "task": "multiplication",
+        "task_options": {"digits_a": 2, "digits_b": 1},
+        "algorithm": "t-spmo",
+        "device": "cpu",
+        "dtype": "float32",
+        "num_threads": 1,
+        "steps": 300,
+        "prompts_per_step": 16,
+        "num_generations": 8,
+        "max_new_tokens": 12,
+        "lr": 2e-3,
+        "max_grad_norm": 1.0,
+        "lora_r": 8,
+        "lora_alpha": 16.0,
+        "lora_dropout": 0.0,
+        "sft_steps": 400,
+        "sft_lr": 3e-3,
+        "sft_batch_size": 32,
+        "eval_size": 200,
+        "eval_batch_size": 200,
+        "replay_prob": 0.5,
+        "alpha": 4,
+        "max_tokens": 8,
+        "output_dir": "outputs/tiny-multiplication-{algorithm}",
+    },
+    # The paper's setting (needs a GPU): Qwen2-1.5B base + LoRA r16/a32/d0.05, AdamW 1e-4, G = 8.
+    "svamp-qwen2-1.5b": {
+        "model": "Qwen/Qwen2-1.5B",
+        "task": "svamp",
+        "algorithm": "s-grpo",
+        "dtype": "bfloat16",
+        "device": "auto",
+        "steps": 200,
+        "prompts_per_step": 4,
+        "num_generations": 8,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_new_tokens": 200,
+        "lr": 1e-4,
+        "lora_r": 16,
+        "lora_alpha": 32.0,
+        "lora_dropout": 0.05,
+        "lora_target_modules": list(PAPER_LORA_TARGETS),
+        "eval_every": 50,
+        "eval_batch_size": 64,
+        "save_every": 50,
+        "output_dir": "outputs/svamp-qwen2-1.5b-{algorithm}",
+    },
+}
+
+
+@dataclass(frozen=True)
+class FlatField:
+    """Where a flat key lives: `section` ('' = run level), the dataclass field, and its resolved type."""
+
+    key: str
+    section: str
+    field: dataclasses.Field
+    type: Any
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def flat_fields() -> dict[str, FlatField]:
+    """Every flat key -> FlatField, in declaration order (run-level fields first)."""
+    out: dict[str, FlatField] = {}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in SECTIONS:
+            out[f.name] = FlatField(f.name, "", f, hints[f.name])
+    for section, cls in _section_classes().items():
+        sub_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = SECTIONS[section] + f.name
+            if key in out:
+                raise AssertionError(f"config: flat key {key!r} is defined twice")  # a programming error
+            out[key] = FlatField(key, section, f, sub_hints[f.name])
+    return out
+
+
+def _choices_error(kind: str, name: str, choices: list[str]) -> ValueError:
+    close = difflib.get_close_matches(name, choices, n=3)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return ValueError(f"{kind}: unknown {name!r}{hint}; expected one of: {', '.join(choices)}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` (possibly a CLI string) to the field type `tp`, or raise naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # only `X | None` is used
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if isinstance(value, str) and tp is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{key}: cannot parse {value!r}: {err}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{key}: expected a mapping like '{{a: 1}}', got {value!r}")
+        return dict(value)
+    return value
+
+
+def _flatten(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Nested or flat mapping -> flat keys (unknown keys raise with close matches)."""
+    fields = flat_fields()
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key).replace("-", "_")
+        if key in SECTIONS and isinstance(value, Mapping):
+            for sub, sub_value in value.items():
+                flat[SECTIONS[key] + str(sub).replace("-", "_")] = sub_value
+        else:
+            flat[key] = value
+    for key in flat:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "; see `tokrl train --help`"
+            raise ValueError(f"{source}: unknown config key {key!r}{hint}")
+    return flat
+
+
+def _apply(config: TrainConfig, flat: Mapping[str, Any]) -> TrainConfig:
+    fields = flat_fields()
+    for key, value in flat.items():
+        spec = fields[key]
+        target = getattr(config, spec.section) if spec.section else config
+        setattr(target, spec.field.name, _coerce(value, spec.type, key))
+    return config
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    *,
+    base: TrainConfig | None = None,
+    validate: bool = True,
+    **overrides: Any,
+) -> TrainConfig:
+    """Build a TrainConfig: `base` (or defaults + `preset`, DEFAULT_PRESET when neither is given) <
+    YAML `config_file` < `overrides` (flat keys or section mappings). Values may be CLI strings."""
+    if preset is not None and preset not in PRESETS:
+        raise _choices_error("preset", preset, sorted(PRESETS))
+    if base is not None:
+        config = config_from_dict(base.to_dict())  # a deep copy: sections, lists and dicts are mutable
+        if preset is not None:
+            config = _apply(config, _flatten(PRESETS[preset], f"preset {preset!r}"))
+    else:
+        config = _apply(TrainConfig(), _flatten(PRESETS[preset or DEFAULT_PRESET], f"preset {preset!r}"))
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ValueError(f"config: file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"config: {str(path)!r} must hold a mapping of keys to values")
+        config = _apply(config, _flatten(data, str(path)))
+    config = _apply(config, _flatten(overrides, "override"))
+    if validate:
+        validate_config(config)
+    return config
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from `to_dict()` output (e.g. a checkpoint's config.yaml)."""
+    return _apply(TrainConfig(), _flatten(data, "config"))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Names and batch arithmetic, checked before any weights load; each message names its field."""
+    from tokrl.algorithms import available_algorithms
+    from tokrl.tasks import available_tasks
+
+    if config.algorithm not in available_algorithms():
+        raise _choices_error("algorithm", config.algorithm, available_algorithms())
+    if config.task not in available_tasks():
+        raise _choices_error("task", config.task, available_tasks())
+    validate_model_name(config.model)
+    g = config.generation
+    _check(config.steps >= 0, f"steps: must be >= 0, got {config.steps}")
+    _check(config.prompts_per_step >= 1, f"prompts_per_step: must be >= 1, got {config.prompts_per_step}")
+    _check(g.num_generations >= 2, f"num_generations: must be >= 2 (a group baseline needs 2), got {g.num_generations}")
+    _check(g.max_new_tokens >= 1, f"max_new_tokens: must be >= 1, got {g.max_new_tokens}")
+    _check(g.temperature > 0, f"temperature: must be > 0, got {g.temperature}")
+    _check(0 < g.top_p <= 1, f"top_p: must be in (0, 1], got {g.top_p}")
+    _check(config.lr > 0, f"lr: must be > 0, got {config.lr}")
+    _check(config.weight_decay >= 0, f"weight_decay: must be >= 0, got {config.weight_decay}")
+    _check(config.warmup_steps >= 0, f"warmup_steps: must be >= 0, got {config.warmup_steps}")
+    _check(config.num_iterations >= 1, f"num_iterations: must be >= 1, got {config.num_iterations}")
+    _check(config.beta >= 0, f"beta: must be >= 0, got {config.beta}")
+    _check(config.eps_low >= 0 and config.eps_high >= 0, "eps_low, eps_high: must be >= 0")
+    _check(config.sft_steps >= 0, f"sft_steps: must be >= 0, got {config.sft_steps}")
+    _check(config.sft_lr > 0, f"sft_lr: must be > 0, got {config.sft_lr}")
+    _check(config.sft_batch_size >= 1, f"sft_batch_size: must be >= 1, got {config.sft_batch_size}")
+    _check(config.eval_every >= 0, f"eval_every: must be >= 0, got {config.eval_every}")
+    _check(config.eval_size >= 0, f"eval_size: must be >= 0 (0 = all), got {config.eval_size}")
+    _check(config.eval_batch_size >= 1, f"eval_batch_size: must be >= 1, got {config.eval_batch_size}")
+    _check(config.save_every >= 0, f"save_every: must be >= 0, got {config.save_every}")
+    _check(config.save_total_limit >= 0, f"save_total_limit: must be >= 0, got {config.save_total_limit}")
+    _check(config.num_threads >= 0, f"num_threads: must be >= 0, got {config.num_threads}")
+    _check(config.log_every >= 1, f"log_every: must be >= 1, got {config.log_every}")
+    _check(config.lora.r >= 1, f"lora_r: must be >= 1, got {config.lora.r}")
+    _check(0 <= config.lora.dropout < 1, f"lora_dropout: must be in [0, 1), got {config.lora.dropout}")
+    _check(bool(config.lora.target_modules), "lora_target_modules: must name at least one module")
+    if config.lr_scheduler not in LR_SCHEDULERS:
+        raise _choices_error("lr_scheduler", config.lr_scheduler, list(LR_SCHEDULERS))
+    if config.dtype not in DTYPES:
+        raise _choices_error("dtype", config.dtype, list(DTYPES))
+    if config.impl not in IMPLS:
+        raise _choices_error("impl", config.impl, list(IMPLS))
+    try:
+        config.resolved_output_dir()
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"output_dir: bad placeholder in {config.output_dir!r}: {err}") from None
+
+
+def validate_model_name(model: str) -> None:
+    """'tiny', an existing local directory, or something shaped like a hub id ('org/name' or 'name')."""
+    if model == "tiny" or Path(model).is_dir():
+        return
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or not model.strip()
+    if looks_like_path:
+        raise ValueError(
+            f"model: unknown {model!r}; expected one of: 'tiny' (built in), a local model directory "
+            "(with config.json), or a Hugging Face hub id such as 'Qwen/Qwen2-1.5B'"
+        )

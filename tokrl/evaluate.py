@@ -1,0 +1,80 @@
+"""Greedy evaluation: accuracy@1 on a task split.
+
+accuracy@1 = fraction of examples whose single greedy completion scores reward >= 1.0 (a correct answer
+under the task's verifiable reward; a None reward counts as wrong). Prompts are decoded in left-padded
+batches with the model in eval mode; no randomness is drawn, so evaluating mid-run does not change a run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from tokrl.rollout import decode, encode_prompts, generate
+from tokrl.tasks import Task, get_task
+
+CORRECT = 1.0  # reward at or above which a completion counts as correct
+
+
+def evaluate(
+    model: torch.nn.Module | str,
+    task: Task | str,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 200,
+    adapter: str | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+    task_options: dict[str, Any] | None = None,
+    examples: int = 0,
+) -> dict[str, Any]:
+    """Greedy accuracy@1 of `model` on `task`'s `split` (the first `limit` examples when given).
+
+    model: a loaded causal LM (then `tokenizer` is required) or a name/path for `tokrl.models.load_model`,
+    optionally with a LoRA `adapter` directory. task: a Task or a registry name (with `task_options`).
+    Returns {"accuracy", "n", "mean_reward", "seconds"} plus "examples" (the first `examples`
+    (prompt, completion, reward) triples) when asked.
+    """
+    if isinstance(task, str):
+        task = get_task(task, **(task_options or {}))
+    if isinstance(model, str):
+        model, tokenizer = _load(model, adapter, dtype, device)
+    if tokenizer is None:
+        raise ValueError("evaluate: pass the tokenizer with a loaded model")
+    data = task.split(split)
+    if limit:
+        data = data.select(range(min(limit, len(data))))
+    columns = data.to_dict()  # column -> list, aligned with the rows
+    prompts = encode_prompts(tokenizer, [task.format_prompt(p) for p in columns["prompt"]])
+    start = time.perf_counter()
+    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    texts = decode(tokenizer, out.completions)
+    rewards = task.reward(texts, **columns)
+    correct = [r is not None and r >= CORRECT for r in rewards]
+    valid = [r for r in rewards if r is not None]
+    result: dict[str, Any] = {
+        "accuracy": sum(correct) / max(len(correct), 1),
+        "n": len(correct),
+        "mean_reward": sum(valid) / max(len(valid), 1),
+        "seconds": time.perf_counter() - start,
+    }
+    if examples:
+        result["examples"] = list(zip(columns["prompt"][:examples], texts[:examples], rewards[:examples], strict=True))
+    return result
+
+
+def _load(name: str, adapter: str | None, dtype: str | None, device: str) -> tuple[torch.nn.Module, Any]:
+    from peft import PeftModel
+
+    from tokrl.models import load_model
+
+    model, tokenizer = load_model(name, dtype=dtype, device=device)
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+    return model, tokenizer

@@ -1,0 +1,104 @@
+"""Step metrics: JSON lines in `output_dir/metrics.jsonl`, a tqdm progress bar, and small summaries.
+
+Every record is one JSON object per line with a `step` and a `kind` ("train" or "eval"); a resumed run
+appends to the same file. Keys of a train record (all per step):
+    reward_mean, reward_std      over the valid rewards of the batch (None rewards left out)
+    frac_zero_std                groups whose valid rewards are all equal (no learning signal)
+    completion_len               mean new tokens per completion; prefix_len: mean replay prefix length
+    selected_tokens              loss rows the algorithm selected (before any forward)
+    loss, grad_norm, clip_frac   the optimised loss (last iteration), pre-clip gradient norm, PPO clipped rows
+    kl                           mean k3 KL to the adapter-free model over the loss rows (beta > 0 only)
+    lr, step_time_s, gen_tokens_per_s, peak_mem_mib
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def reward_stats(rewards: Sequence[float | None]) -> tuple[float, float]:
+    """(mean, population std) of the valid rewards; (nan, nan) when there are none."""
+    valid = [float(r) for r in rewards if r is not None]
+    if not valid:
+        return math.nan, math.nan
+    mean = sum(valid) / len(valid)
+    return mean, math.sqrt(sum((r - mean) ** 2 for r in valid) / len(valid))
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak allocated CUDA memory on `device`, else the process's peak resident set size, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: tensors to Python numbers, non-finite floats to None."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _records_until(path: Path, step: int) -> list[str]:
+    """Lines of an existing metrics file whose step is <= `step`."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+    return kept
+
+
+class MetricsLog:
+    """Writes records to `path` and drives an optional progress bar (shown only on a terminal).
+
+    resume_step: 0 starts a fresh file; s > 0 keeps the existing records up to step s (a run resumed from
+    checkpoint-s drops what an interrupted process logged after that checkpoint) and appends.
+    """
+
+    def __init__(
+        self, path: str | Path, *, total: int, initial: int = 0, resume_step: int = 0, progress: bool = True
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = _records_until(self.path, resume_step) if resume_step > 0 else []
+        self._file = self.path.open("w")
+        self._file.writelines(kept)
+        show = progress and sys.stderr.isatty()
+        self._bar = tqdm(total=total, initial=initial, disable=not show, desc="rl", unit="step", dynamic_ncols=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def advance(self, record: dict[str, Any]) -> None:
+        """One finished step: move the bar and show reward and loss."""
+        self._bar.update(1)
+        postfix = {k: record.get(k) for k in ("reward_mean", "loss") if isinstance(record.get(k), float)}
+        self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+        self._file.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,146 @@
+"""Supervised warm start: a full fine-tune on the task's reference completions, cached in output_dir/sft.
+
+A model without pretrained weights (the tiny one) never samples a correct answer, so RL would have no
+signal. Before RL, `sft_steps` AdamW steps of cross-entropy on format_prompt(prompt) + reference + EOS
+(loss on the completion tokens only, the prompt is context) make it partly right. The log-probs come from
+the same path as the RL loss: final hidden states -> `linear_logprob` at the completion positions, so the
+[B, L, V] logits are never built. Learning rate: linear warmup over the first 10% of steps, then linear
+decay to 0.
+
+The result is written with `save_pretrained` (model and tokenizer) into `output_dir/sft/` (atomically,
+with `sft_config.json` describing what made it) and RL reloads it by path. A later run or a resume with
+the same settings finds it and skips the stage; different settings raise instead of mixing runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from tokrl.models import hidden_states, lm_head_weight, load_model
+from tokrl.rollout import encode_prompts, eos_token_ids, pack_sequences
+from tokrl.tasks import Task
+from tokrl_kernels import linear_logprob
+
+SFT_DIR = "sft"
+SFT_CONFIG = "sft_config.json"
+
+
+def sft_examples(task: Task, tokenizer: PreTrainedTokenizerBase) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, completion ids + EOS) for every training example."""
+    data = task.split("train")
+    rows = data.to_list()
+    prompts = encode_prompts(tokenizer, [task.format_prompt(r["prompt"]) for r in rows])
+    texts = [task.reference_completion(r) for r in rows]
+    eos = eos_token_ids(tokenizer)[0]
+    completions = [list(ids) + [eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return prompts, completions
+
+
+def sft_loss(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_id: int,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Mean negative log-likelihood of the completion tokens given their prompts (scalar fp32)."""
+    device = next(model.parameters()).device
+    batch = pack_sequences(prompts, [c[:-1] for c in completions], pad_id, device)
+    lengths = torch.tensor([len(c) for c in completions], dtype=torch.int64, device=device)  # [B]
+    row = torch.repeat_interleave(torch.arange(len(completions), device=device), lengths)  # [k]
+    offset = torch.arange(int(lengths.sum()), device=device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )  # [k] position within its completion
+    index = batch.start[row] + offset  # [k] flat hidden rows
+    targets = torch.tensor([t for c in completions for t in c], dtype=torch.int64, device=device)  # [k]
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # [B, L, D]
+    flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, D]
+    logp = linear_logprob(flat, lm_head_weight(model), targets, index, impl=impl)  # [k] fp32
+    return -logp.mean()
+
+
+def supervised_warm_start(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    impl: str = "auto",
+) -> list[float]:
+    """Fine-tune every weight of `model` in place; returns the loss of each step."""
+    prompts, completions = sft_examples(task, tokenizer)
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    schedule = lambda i: min((i + 1) / warmup, max(0.0, (steps - i) / max(steps - warmup, 1)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model.train()
+    losses: list[float] = []
+    for _ in range(steps):
+        pick = torch.randint(len(prompts), (batch_size,), generator=generator).tolist()  # [batch]
+        loss = sft_loss(model, [prompts[i] for i in pick], [completions[i] for i in pick], tokenizer.pad_token_id, impl)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def sft_settings(config: Any) -> dict[str, Any]:
+    """The config fields that determine the warm-started weights."""
+    keys = ("model", "task", "task_options", "seed", "sft_steps", "sft_lr", "sft_batch_size")
+    return {k: getattr(config, k) for k in keys}
+
+
+def sft_stage(config: Any, task: Task, output_dir: Path, device: torch.device, log: Any = print) -> Path:
+    """Run (or reuse) the warm start of `config.model` on `device`; returns the directory RL loads from."""
+    target = Path(output_dir) / SFT_DIR
+    settings = json.loads(json.dumps(sft_settings(config)))  # the JSON round trip normalises tuples and keys
+    if (target / SFT_CONFIG).is_file():
+        found = json.loads((target / SFT_CONFIG).read_text())
+        if found.get("settings") != settings:
+            raise ValueError(
+                f"sft: {target} was made with different settings ({found.get('settings')} vs {settings}); "
+                "use another output_dir or delete that directory"
+            )
+        log(f"sft: reusing the warm start in {target}")
+        return target
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
+    losses = supervised_warm_start(
+        model, tokenizer, task, steps=config.sft_steps, lr=config.sft_lr, batch_size=config.sft_batch_size,
+        seed=config.seed, impl=config.impl,
+    )  # fmt: skip
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".sft.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        seconds = time.perf_counter() - start
+        record = {"settings": settings, "losses": losses, "seconds": seconds}
+        (tmp / SFT_CONFIG).write_text(json.dumps(record, indent=2))
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete earlier attempt (no sft_config.json)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
+    log(f"sft: {config.sft_steps} steps, loss {first:.3f} -> {last:.3f}, {seconds:.1f} s, saved to {target}")
+    return target

@@ -1,0 +1,404 @@
+"""The one RL loop shared by every algorithm.
+
+One step (everything random is seeded from (seed, step), so a resumed run repeats an uninterrupted one):
+    prompts (task train split, a seeded permutation per epoch)
+    -> rollout_prefix per prompt (T-SPMO replay; [] otherwise) -> G sampled completions per prompt
+    -> rewards (Task.reward on prefix + completion text) -> Group per prompt
+    -> Algorithm.process_group: selected (completion, position, token, advantage, weight); observe
+    -> one packed forward of the completions that own a selected token, each cut after its last selected
+       position, to the final hidden states (train mode: LoRA dropout is active in the loss forward)
+    -> linear_pg_loss on the selected rows of the flattened hidden states, temperature = the sampling
+       temperature (so pi_theta is the distribution the tokens were drawn from), weights divided by the
+       batch's total norm_units -> backward -> gradient clipping -> AdamW and scheduler step.
+num_iterations > 1 repeats the last three on the same batch with the first iteration's log-probs as
+pi_old (PPO ratio and clipping). beta > 0 adds the k3 KL to the model with the adapter disabled.
+The trainer never branches on the algorithm's name: the registry object decides every algorithmic choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokrl.algorithms import Group, get_algorithm, validate_rewards
+from tokrl.checkpoint import StopSignals, checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
+from tokrl.config import TrainConfig, load_config, validate_config
+from tokrl.evaluate import evaluate
+from tokrl.metrics import MetricsLog, peak_memory_mib, reward_stats
+from tokrl.models import apply_lora, hidden_states, lm_head_weight, load_model, trainable_parameter_count
+from tokrl.rollout import LossRows, PackedBatch, decode, encode_prompts, gather_rows, pack_loss_batch, sample_groups
+from tokrl.sft import sft_stage
+from tokrl.tasks import get_task
+from tokrl_kernels import linear_logprob, linear_pg_loss
+
+logger = logging.getLogger("tokrl")
+
+RESULTS_FILE = "results.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns; `results.json` in `output_dir` holds the same numbers."""
+
+    eval_before: float | None
+    eval_after: float | None
+    steps: int
+    output_dir: Path
+    interrupted: bool = False
+    wall_time_s: float = 0.0
+    checkpoint: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    config: TrainConfig | str | Path | None = None, *, preset: str | None = None, **overrides: Any
+) -> TrainResult:
+    """Run RL training and return its TrainResult.
+
+    config: a TrainConfig, a YAML file path, or None (then `preset`, by default "tiny-multiplication").
+    overrides: flat config keys (`steps=10`, `lora_r=8`, `replay_prob=0.5`) applied last.
+    """
+    if isinstance(config, TrainConfig):
+        config = load_config(preset, base=config, **overrides)
+    else:
+        config = load_config(preset, config, **overrides)
+    return Trainer(config).run()
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A per-step seed: distinct streams for every (seed, step), stable across runs and resumes."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int) -> Any:
+    """Linear warmup over `warmup` optimiser steps, then constant, linear or cosine decay to 0 at `total`."""
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        progress = min(1.0, (i - warmup) / max(total - warmup, 1))
+        return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[name]
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Owns the run: checks, warm start, model, optimiser, the loop, checkpoints and evaluation."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        validate_config(config)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.output_dir = config.resolved_output_dir()
+        self.task = get_task(config.task, **config.task_options)
+        self.algorithm = get_algorithm(config.algorithm, config.algo)
+        self.train_data = self.task.split("train")
+        self.test_data = self.task.split("test")
+        self._check_batch()
+        self.step = 0
+        self.state: dict[str, Any] = {"eval_before": None, "evals": [], "wall_time_s": 0.0}
+        self.model: Any = None
+        self._orders: dict[int, list[int]] = {}
+        self._threads = torch.get_num_threads()
+        self._created = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    def _check_batch(self) -> None:
+        c = self.config
+        if len(self.train_data) < c.prompts_per_step:
+            raise ValueError(
+                f"prompts_per_step: {c.prompts_per_step} prompts per step but the {c.task!r} train split has "
+                f"only {len(self.train_data)} examples"
+            )
+        if len(self.test_data) == 0:
+            raise ValueError(f"task: the {c.task!r} test split is empty; evaluation needs examples")
+
+    def setup(self) -> None:
+        """Warm start (cached), load the policy, wrap it with LoRA, build the optimiser, maybe resume."""
+        c = self.config
+        if c.num_threads > 0:
+            torch.set_num_threads(c.num_threads)  # process-wide, like any torch thread setting
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        source = c.model
+        if c.sft_steps > 0:
+            source = str(sft_stage(c, self.task, self.output_dir, self.device, log=logger.info))
+        torch.manual_seed(c.seed)  # LoRA initialisation
+        model, self.tokenizer = load_model(source, dtype=c.dtype, device=self.device)
+        if c.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = c.lora
+        self.model = apply_lora(
+            model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        trainable, total = trainable_parameter_count(self.model)
+        logger.info("policy %s: %d trainable of %d parameters on %s", source, trainable, total, self.device)
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        total_updates = max(c.steps * c.num_iterations, 1)
+        self.scheduler = build_scheduler(self.optimizer, c.lr_scheduler, c.warmup_steps, total_updates)
+        self.head = lm_head_weight(self.model)  # [V, D]
+        self._resume_or_start()
+
+    def _resume_or_start(self) -> None:
+        checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
+        if checkpoint is None:
+            if self.config.resume:
+                logger.info("resume: no checkpoint in %s; starting from step 0", self.output_dir)
+            for stale in checkpoint_dirs(self.output_dir):
+                logger.warning("removing %s from an earlier run (pass --resume to continue it instead)", stale)
+                shutil.rmtree(stale)
+            return
+        loaded = load_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.algorithm.load_state_dict(loaded.algorithm_state)
+        self.step = loaded.step
+        self.state.update({k: v for k, v in loaded.trainer_state.items() if k != "step"})
+        logger.info("resumed from %s at step %d", checkpoint, self.step)
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def _permutation(self, epoch: int) -> list[int]:
+        """The train-split order of `epoch` (cached: a step reads at most two epochs)."""
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(step_seed(self.config.seed, -1 - epoch))
+            self._orders = {epoch: torch.randperm(len(self.train_data), generator=generator).tolist()} | {
+                e: o for e, o in self._orders.items() if e == epoch - 1
+            }
+        return self._orders[epoch]
+
+    def batch_examples(self, step: int) -> list[dict[str, Any]]:
+        """The prompts of `step`: consecutive slices of a fresh seeded permutation every epoch."""
+        n, per = len(self.train_data), self.config.prompts_per_step
+        picks = [divmod(step * per + j, n) for j in range(per)]
+        return [self.train_data[self._permutation(epoch)[pos]] for epoch, pos in picks]
+
+    def rollout(self, step: int, generator: torch.Generator) -> tuple[Any, list[Group], list[list[int]]]:
+        """Sample, score and group the completions of `step`; returns (rollout, groups, prefixes)."""
+        c, g = self.config, self.config.generation.num_generations
+        examples = self.batch_examples(step)
+        keys = [self.task.format_prompt(ex["prompt"]) for ex in examples]
+        prompt_ids = encode_prompts(self.tokenizer, keys)
+        prefixes = [self.algorithm.rollout_prefix(key, generator) for key in keys]
+        torch.manual_seed(step_seed(c.seed, step))  # generate samples from the global RNG
+        out = sample_groups(
+            self.model, self.tokenizer, [p + x for p, x in zip(prompt_ids, prefixes, strict=True)], g,
+            max_new_tokens=c.generation.max_new_tokens, temperature=c.generation.temperature,
+            top_p=c.generation.top_p,
+        )  # fmt: skip
+        texts = decode(self.tokenizer, [prefixes[i // g] + comp for i, comp in enumerate(out.completions)])
+        columns = {col: [ex[col] for ex in examples for _ in range(g)] for col in self.train_data.column_names}
+        rewards = self.task.reward(texts, **columns)
+        validate_rewards(rewards, self.task.reward_name)
+        groups = [
+            Group(out.completions[i * g : (i + 1) * g], rewards[i * g : (i + 1) * g], keys[i])
+            for i in range(len(examples))
+        ]
+        return out, groups, prefixes
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One RL step (0-based `step`); returns its metrics."""
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(step_seed(self.config.seed, step) + 1)
+        out, groups, prefixes = self.rollout(step, generator)
+        selections = [self.algorithm.process_group(group, generator) for group in groups]
+        for group in groups:
+            self.algorithm.observe(group)
+        rows = gather_rows(selections, self.config.generation.num_generations)
+        stats = self.optimise(out.prompts, out.completions, rows, step)
+        rewards = [r for group in groups for r in group.rewards]
+        mean, std = reward_stats(rewards)
+        return {
+            "kind": "train",
+            "step": step + 1,
+            "reward_mean": mean,
+            "reward_std": std,
+            "frac_zero_std": sum(s.zero_std for s in selections) / len(selections),
+            "completion_len": sum(len(c) for c in out.completions) / len(out.completions),
+            "prefix_len": sum(len(p) for p in prefixes) / len(prefixes),
+            "selected_tokens": len(rows),
+            **stats,
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_time_s": time.perf_counter() - start,
+            "gen_tokens_per_s": out.tokens_per_second,
+            "peak_mem_mib": peak_memory_mib(self.device),
+        }
+
+    def optimise(self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows, step: int) -> dict:
+        """Loss on the selected rows, backward, clip, optimiser step (num_iterations times)."""
+        c = self.config
+        stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "forward_tokens": 0}
+        if len(rows) == 0:  # every group had equal rewards: nothing to learn from this batch
+            self.optimizer.zero_grad(set_to_none=True)
+            for _ in range(c.num_iterations):  # no gradients: AdamW skips every parameter, the schedule moves on
+                self.optimizer.step()
+                self.scheduler.step()
+            return stats
+        batch, index = pack_loss_batch(prompts, completions, rows, self.tokenizer.pad_token_id, self.device)
+        targets = rows.token.to(self.device)  # [k]
+        advantages = rows.advantage.to(self.device)  # [k]
+        weights = rows.weight.to(self.device)  # [k]
+        ref_logp = self._reference_logp(batch, index, targets) if c.beta > 0 else None  # [k] | None
+        old_logp = None  # iteration 0: pi_old = pi_theta (ratio 1); later: iteration 0's log-probs
+        self.model.train()
+        for _ in range(c.num_iterations):
+            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
+            flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
+            out = linear_pg_loss(
+                flat, self.head, targets, advantages, index, old_logp=old_logp, ref_logp=ref_logp,
+                weights=weights, eps_low=c.eps_low, eps_high=c.eps_high, beta=c.beta,
+                temperature=c.generation.temperature, reduction="sum", impl=c.impl,
+            )  # fmt: skip
+            self._check_finite("loss", out.loss, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            self._check_finite("gradient norm", grad_norm, step)
+            self.optimizer.step()
+            self.scheduler.step()
+            old_logp = out.logp if old_logp is None else old_logp  # [k] fp32, detached
+        self.model.eval()
+        stats["loss"] = float(out.loss.detach())
+        stats["grad_norm"] = float(grad_norm)
+        stats["clip_frac"] = float(out.clipped.float().mean())
+        stats["forward_tokens"] = int(batch.attention_mask.sum())
+        if ref_logp is not None:
+            delta = ref_logp - out.logp  # [k]
+            stats["kl"] = float((delta.exp() - delta - 1).mean())
+        return stats
+
+    @torch.no_grad()
+    def _reference_logp(self, batch: PackedBatch, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log-probs of the selected tokens under the base model (adapter disabled, eval mode): [k] fp32."""
+        self.model.eval()
+        with self.model.disable_adapter():
+            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
+        flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
+        temperature = self.config.generation.temperature
+        return linear_logprob(flat, self.head, targets, index, temperature=temperature, impl=self.config.impl)
+
+    def _check_finite(self, what: str, value: torch.Tensor, step: int) -> None:
+        if bool(torch.isfinite(value)):
+            return
+        path = self.save()
+        raise NonFiniteLossError(
+            f"non-finite {what} ({float(value)}) at step {step + 1}; stopped without applying it. State saved "
+            f"to {path}. Try a lower --lr, a smaller --max-grad-norm, or --dtype float32; resume with --resume."
+        )
+
+    # ------------------------------------------------------------------------------------ eval and save
+
+    def evaluate(self) -> dict[str, Any]:
+        c = self.config
+        return evaluate(
+            self.model, self.task, tokenizer=self.tokenizer, limit=c.eval_size or None,
+            batch_size=c.eval_batch_size, max_new_tokens=c.generation.max_new_tokens,
+        )  # fmt: skip
+
+    def save(self) -> Path:
+        c = self.config
+        return save_checkpoint(
+            self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            trainer_state=self.state, algorithm_state=self.algorithm.state_dict(), config=c.to_dict(),
+            keep=c.save_total_limit,
+        )  # fmt: skip
+
+    def _log_eval(self, log: MetricsLog, when: str) -> float:
+        result = self.evaluate()
+        record = {"kind": "eval", "step": self.step, "when": when, **result}
+        self.state["evals"].append({k: record[k] for k in ("step", "when", "accuracy", "n")})
+        log.write(record)
+        logger.info("eval (%s, step %d): accuracy %.3f of %d", when, self.step, result["accuracy"], result["n"])
+        return result["accuracy"]
+
+    # -------------------------------------------------------------------------------------------- loop
+
+    def run(self) -> TrainResult:
+        """Evaluate, train to `steps` (or until SIGINT/SIGTERM), evaluate, checkpoint, write results.json."""
+        start = self._created  # wall time counts the warm start and model loading too
+        try:
+            if self.model is None:
+                self.setup()
+            return self._loop(start)
+        finally:
+            torch.set_num_threads(self._threads)  # setup may have changed it for this run only
+
+    def _loop(self, start: float) -> TrainResult:
+        c = self.config
+        self._wall_before = float(self.state.get("wall_time_s", 0.0))
+        last: dict[str, Any] = {}
+        log = MetricsLog(
+            self.output_dir / METRICS_FILE, total=c.steps, initial=self.step, resume_step=self.step,
+            progress=c.progress,
+        )  # fmt: skip
+        with log, StopSignals() as stop:
+            if self.state["eval_before"] is None:
+                self.state["eval_before"] = self._log_eval(log, "before")
+            while self.step < c.steps and not stop.requested:
+                last = self.train_step(self.step)
+                self.step += 1
+                if self.step % c.log_every == 0 or self.step == c.steps:
+                    log.write(last)
+                log.advance(last)
+                if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
+                    self._log_eval(log, "periodic")
+                if c.save_every and self.step % c.save_every == 0:
+                    self._save_timed(start)
+                self._on_step_end()
+            interrupted = self.step < c.steps
+            eval_after = None if interrupted else self._log_eval(log, "after")
+        saved_at = self._save_timed(start)  # also after a periodic save: the state now holds eval_after
+        result = TrainResult(
+            eval_before=self.state["eval_before"], eval_after=eval_after, steps=self.step,
+            output_dir=self.output_dir, interrupted=interrupted, wall_time_s=self.state["wall_time_s"],
+            checkpoint=saved_at, metrics=last,
+        )  # fmt: skip
+        self._write_results(result)
+        return result
+
+    def _on_step_end(self) -> None:
+        """A hook for tests (e.g. to raise a signal mid-run); does nothing."""
+
+    def _save_timed(self, start: float) -> Path:
+        """Checkpoint with wall_time_s = earlier processes' time + this process's time so far."""
+        self.state["wall_time_s"] = self._wall_before + (time.perf_counter() - start)
+        return self.save()
+
+    def _write_results(self, result: TrainResult) -> None:
+        c = self.config
+        data = {
+            "algorithm": c.algorithm,
+            "task": c.task,
+            "task_options": self.task.options,
+            "model": c.model,
+            "steps": result.steps,
+            "eval_before": result.eval_before,
+            "eval_after": result.eval_after,
+            "eval_n": self.state["evals"][-1]["n"] if self.state["evals"] else None,
+            "interrupted": result.interrupted,
+            "wall_time_s": result.wall_time_s,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        }
+        (self.output_dir / RESULTS_FILE).write_text(json.dumps(data, indent=2))
