@@ -4,12 +4,16 @@
     adapter_model.safetensors, adapter_config.json   the LoRA adapter (peft `save_pretrained`)
     optimizer.pt, scheduler.pt                        optimiser and learning-rate scheduler state
     rng_state.pt                                      python, numpy, torch CPU and CUDA generator states
+    rng_state_rank{r}.pt                              multi-process runs: the same for every rank r (rank 0's
+                                                      is also rng_state.pt, so one process can resume it)
     trainer_state.json                                step, evaluation so far, run bookkeeping
     algorithm_state.json                              `Algorithm.state_dict()` (T-SPMO's replay buffer)
     config.yaml                                       the resolved TrainConfig
 It is written into a temporary sibling and renamed into place, so a crash never leaves a half checkpoint
-that `latest_checkpoint` would pick up. Only the newest `keep` checkpoints are kept. `StopSignals` turns
-SIGINT/SIGTERM into a request the training loop answers with a checkpoint after the current step.
+that `latest_checkpoint` would pick up. Only the newest `keep` checkpoints are kept. In a multi-process run
+only rank 0 writes (the trainer gathers every rank's RNG state first) and each rank restores its own RNG
+file. `StopSignals` turns SIGINT/SIGTERM into a request the training loop answers with a checkpoint after
+the current step.
 """
 
 from __future__ import annotations
@@ -99,9 +103,12 @@ def save_checkpoint(
     algorithm_state: dict[str, Any],
     config: dict[str, Any],
     keep: int = 0,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write `output_dir/checkpoint-{step}` atomically (replacing one of the same step); keep the newest
-    `keep` checkpoints (0 = all). Returns the checkpoint directory."""
+    `keep` checkpoints (0 = all). rng_states: every rank's `rng_state()` in rank order (default: this
+    process's only). Returns the checkpoint directory."""
+    rng_states = rng_states or [rng_state()]
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{step}"
@@ -110,7 +117,9 @@ def save_checkpoint(
         model.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng_state.pt")
+        torch.save(rng_states[0], tmp / "rng_state.pt")
+        for r, state in enumerate(rng_states if len(rng_states) > 1 else []):
+            torch.save(state, tmp / f"rng_state_rank{r}.pt")
         _write_json(tmp / "trainer_state.json", {**trainer_state, "step": step})
         _write_json(tmp / "algorithm_state.json", algorithm_state)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -129,9 +138,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | Path, *, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: str | Path, *, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0
 ) -> CheckpointState:
-    """Load the adapter, optimiser, scheduler and RNG states of checkpoint `path` in place."""
+    """Load the adapter, optimiser, scheduler and RNG states of checkpoint `path` in place; RNG states are
+    rank `rank`'s when the checkpoint has them (a multi-process run's), else rng_state.pt."""
     path = Path(path)
     adapter = load_file(str(path / ADAPTER_FILE), device=str(next(model.parameters()).device))
     result = set_peft_model_state_dict(model, adapter)
@@ -144,7 +154,8 @@ def load_checkpoint(
         )
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng_state.pt", weights_only=False))
+    rank_file = path / f"rng_state_rank{rank}.pt"
+    set_rng_state(torch.load(rank_file if rank_file.is_file() else path / "rng_state.pt", weights_only=False))
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     return CheckpointState(
         step=int(trainer_state["step"]),

@@ -7,6 +7,10 @@
         --task-options '{digits_a: 2, digits_b: 1}'
     tokrl env                                     # versions and devices, for bug reports
 
+Multi-GPU / multi-node: the same command under a launcher, e.g. `torchrun --nproc_per_node 4 -m tokrl train
+...` or `accelerate launch --multi_gpu --num_processes 4 -m tokrl train ...` (see tokrl/distributed.py);
+only rank 0 prints and writes.
+
 `train` has one flag per TrainConfig field (`--key-name value` or `--key_name value`, help text from the
 field's metadata); values are parsed like YAML (`--task-options '{digits_a: 3}'`, `--resume`, `--progress
 false`). Configuration errors print one line naming the field and exit with status 2.
@@ -124,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"tokrl: error: {err}", file=sys.stderr)
         return 1
     before, after = result.eval_before, result.eval_after
+    if not trainer.launch.is_main:  # rank 0 reports for every process
+        return EXIT_INTERRUPTED if result.interrupted else 0
     if result.interrupted:
         print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume")
         return EXIT_INTERRUPTED

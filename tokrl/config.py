@@ -130,6 +130,21 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in output_dir."})
     log_every: int = field(default=1, metadata={"help": "Write metrics every N steps."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (only on a terminal)."})
+    sample_per_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample each prompt's G completions in its own generate call seeded from (seed, step, prompt "
+            "index): completions then do not depend on how prompts are split over processes (N processes "
+            "reproduce one), at the cost of one generate call per prompt. False: one call per step and process."
+        },
+    )
+    dist_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "help": "Multi-process runs: seconds a collective (and rank 0's warm start) may wait for the other "
+            "ranks before the run fails instead of hanging."
+        },
+    )
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": "Rollout sampling."})
     lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapter."})
     algo: AlgoConfig = field(default_factory=AlgoConfig, metadata={"help": "Algorithm options."})
@@ -395,6 +410,7 @@ def validate_config(config: TrainConfig) -> None:
     _check(config.save_total_limit >= 0, f"save_total_limit: must be >= 0, got {config.save_total_limit}")
     _check(config.num_threads >= 0, f"num_threads: must be >= 0, got {config.num_threads}")
     _check(config.log_every >= 1, f"log_every: must be >= 1, got {config.log_every}")
+    _check(config.dist_timeout_s > 0, f"dist_timeout_s: must be > 0, got {config.dist_timeout_s}")
     _check(config.lora.r >= 1, f"lora_r: must be >= 1, got {config.lora.r}")
     _check(0 <= config.lora.dropout < 1, f"lora_dropout: must be in [0, 1), got {config.lora.dropout}")
     _check(bool(config.lora.target_modules), "lora_target_modules: must name at least one module")

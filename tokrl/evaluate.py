@@ -3,6 +3,8 @@
 accuracy@1 = fraction of examples whose single greedy completion scores reward >= 1.0 (a correct answer
 under the task's verifiable reward; a None reward counts as wrong). Prompts are decoded in left-padded
 batches with the model in eval mode; no randomness is drawn, so evaluating mid-run does not change a run.
+`sharded=True` in a multi-process run: each rank decodes a contiguous slice of the examples and the
+counts are summed over ranks, so every rank returns the accuracy of the whole split.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tokrl import distributed
 from tokrl.rollout import decode, encode_prompts, generate
 from tokrl.tasks import Task, get_task
 
@@ -33,6 +36,7 @@ def evaluate(
     device: str = "cpu",
     task_options: dict[str, Any] | None = None,
     examples: int = 0,
+    sharded: bool = False,
 ) -> dict[str, Any]:
     """Greedy accuracy@1 of `model` on `task`'s `split` (the first `limit` examples when given).
 
@@ -50,6 +54,9 @@ def evaluate(
     data = task.split(split)
     if limit:
         data = data.select(range(min(limit, len(data))))
+    if sharded and distributed.world_size() > 1:
+        rank, world = distributed.rank(), distributed.world_size()
+        data = data.select(range(rank * len(data) // world, (rank + 1) * len(data) // world))
     columns = data.to_dict()  # column -> list, aligned with the rows
     prompts = encode_prompts(tokenizer, [task.format_prompt(p) for p in columns["prompt"]])
     start = time.perf_counter()
@@ -58,10 +65,14 @@ def evaluate(
     rewards = task.reward(texts, **columns)
     correct = [r is not None and r >= CORRECT for r in rewards]
     valid = [r for r in rewards if r is not None]
+    counts = [float(sum(correct)), float(len(correct)), float(sum(valid)), float(len(valid))]
+    if sharded:
+        counts = distributed.all_reduce_sum(torch.tensor(counts, dtype=torch.float64)).tolist()
+    n_correct, n, reward_sum, n_valid = counts
     result: dict[str, Any] = {
-        "accuracy": sum(correct) / max(len(correct), 1),
-        "n": len(correct),
-        "mean_reward": sum(valid) / max(len(valid), 1),
+        "accuracy": n_correct / max(n, 1),
+        "n": int(n),
+        "mean_reward": reward_sum / max(n_valid, 1),
         "seconds": time.perf_counter() - start,
     }
     if examples:

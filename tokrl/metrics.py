@@ -8,6 +8,8 @@ appends to the same file. Keys of a train record (all per step):
     selected_tokens              loss rows the algorithm selected (before any forward)
     loss, grad_norm, clip_frac   the optimised loss (last iteration), pre-clip gradient norm, PPO clipped rows
     kl                           mean k3 KL to the adapter-free model over the loss rows (beta > 0 only)
+In a multi-process run every value is over the global batch (rank 0 writes; step_time_s is rank 0's,
+gen_tokens_per_s is all ranks' tokens over the slowest rank's generate time, peak_mem_mib the largest rank's).
     lr, step_time_s, gen_tokens_per_s, peak_mem_mib
 """
 
@@ -70,12 +72,23 @@ class MetricsLog:
 
     resume_step: 0 starts a fresh file; s > 0 keeps the existing records up to step s (a run resumed from
     checkpoint-s drops what an interrupted process logged after that checkpoint) and appends.
+    enabled: False (ranks other than 0 of a multi-process run) writes nothing and shows no bar.
     """
 
     def __init__(
-        self, path: str | Path, *, total: int, initial: int = 0, resume_step: int = 0, progress: bool = True
+        self,
+        path: str | Path,
+        *,
+        total: int,
+        initial: int = 0,
+        resume_step: int = 0,
+        progress: bool = True,
+        enabled: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.enabled = enabled
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = _records_until(self.path, resume_step) if resume_step > 0 else []
         self._file = self.path.open("w")
@@ -84,16 +97,22 @@ class MetricsLog:
         self._bar = tqdm(total=total, initial=initial, disable=not show, desc="rl", unit="step", dynamic_ncols=True)
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._file.flush()
 
     def advance(self, record: dict[str, Any]) -> None:
         """One finished step: move the bar and show reward and loss."""
+        if not self.enabled:
+            return
         self._bar.update(1)
         postfix = {k: record.get(k) for k in ("reward_mean", "loss") if isinstance(record.get(k), float)}
         self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._bar.close()
         self._file.close()
 

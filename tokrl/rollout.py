@@ -143,6 +143,16 @@ def generate(
     )
 
 
+def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
+    """One Rollout of several calls' rows, in order (seconds and tokens add up)."""
+    return Rollout(
+        prompts=[row for part in parts for row in part.prompts],
+        completions=[row for part in parts for row in part.completions],
+        seconds=sum(part.seconds for part in parts),
+        generated_tokens=sum(part.generated_tokens for part in parts),
+    )
+
+
 def sample_groups(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -210,9 +220,10 @@ class LossRows:
         return int(self.row.numel())
 
 
-def gather_rows(selections: list[GroupSelection], group_size: int) -> LossRows:
-    """Concatenate the groups' selections; weights divided by max(total norm_units, 1)."""
-    units = max(sum(s.norm_units for s in selections), 1.0)
+def gather_rows(selections: list[GroupSelection], group_size: int, units: float | None = None) -> LossRows:
+    """Concatenate the groups' selections; weights divided by max(units, 1), where units is the batch's
+    total norm_units (default: these selections' own; a multi-process run passes the global total)."""
+    units = max(sum(s.norm_units for s in selections) if units is None else units, 1.0)
     return LossRows(
         row=torch.cat([s.completion + g * group_size for g, s in enumerate(selections)]),  # [k]
         position=torch.cat([s.position for s in selections]),  # [k]

@@ -13,6 +13,18 @@ One step (everything random is seeded from (seed, step), so a resumed run repeat
 num_iterations > 1 repeats the last three on the same batch with the first iteration's log-probs as
 pi_old (PPO ratio and clipping). beta > 0 adds the k3 KL to the model with the adapter disabled.
 The trainer never branches on the algorithm's name: the registry object decides every algorithmic choice.
+
+Randomness per prompt: prompt j of a step (its index in the step's global prompt list) draws its replay
+prefix and token selection from a generator seeded from (seed, step, j). Sampling draws from the global
+RNG, seeded from (seed, step) and the rank for one generate call per process, or from (seed, step, j) per
+prompt with `sample_per_prompt` (then N processes sample exactly what one process samples).
+
+Multi-process (torchrun / accelerate launch; see tokrl/distributed.py): prompts_per_step is the global
+batch, each rank rolls out its contiguous slice of the step's prompts, scored groups are gathered so
+every rank's algorithm state and the logged statistics are global, the loss weights use the global
+norm_units and the LoRA gradients are summed over ranks: one step equals one process's step on the whole
+batch (up to float rounding and LoRA dropout masks, which are drawn per rank). Rank 0 alone writes
+metrics, results and checkpoints; every rank's RNG state is checkpointed and restored.
 """
 
 from __future__ import annotations
@@ -28,13 +40,31 @@ from typing import Any
 
 import torch
 
+from tokrl import distributed
 from tokrl.algorithms import Group, get_algorithm, validate_rewards
-from tokrl.checkpoint import StopSignals, checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
+from tokrl.checkpoint import (
+    StopSignals,
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.evaluate import evaluate
 from tokrl.metrics import MetricsLog, peak_memory_mib, reward_stats
 from tokrl.models import apply_lora, hidden_states, lm_head_weight, load_model, trainable_parameter_count
-from tokrl.rollout import LossRows, PackedBatch, decode, encode_prompts, gather_rows, pack_loss_batch, sample_groups
+from tokrl.rollout import (
+    LossRows,
+    PackedBatch,
+    Rollout,
+    concat_rollouts,
+    decode,
+    encode_prompts,
+    gather_rows,
+    pack_loss_batch,
+    sample_groups,
+)
 from tokrl.sft import sft_stage
 from tokrl.tasks import get_task
 from tokrl_kernels import linear_logprob, linear_pg_loss
@@ -79,13 +109,20 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
 
 
-def resolve_device(name: str) -> torch.device:
+def stream_seed(seed: int, step: int, stream: int) -> int:
+    """Seed of random stream `stream` of `step` (stream 0 is `step_seed` itself): streams 2j + 1 and
+    2j + 2 sample and select for prompt j, stream -r samples rank r's batch."""
+    return (step_seed(seed, step) + stream * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The run's device; "auto" and "cuda" mean cuda:LOCAL_RANK (the launcher's GPU for this process)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} was asked for but CUDA is not available; use --device cpu")
-    return device
+    return torch.device("cuda", local_rank) if name == "cuda" else device
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int) -> Any:
@@ -110,7 +147,8 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         validate_config(config)
         self.config = config
-        self.device = resolve_device(config.device)
+        self.launch = distributed.launch_env()  # rank and world size from torchrun / accelerate launch
+        self.device = resolve_device(config.device, self.launch.local_rank)
         self.output_dir = config.resolved_output_dir()
         self.task = get_task(config.task, **config.task_options)
         self.algorithm = get_algorithm(config.algorithm, config.algo)
@@ -123,6 +161,7 @@ class Trainer:
         self._orders: dict[int, list[int]] = {}
         self._threads = torch.get_num_threads()
         self._created = time.perf_counter()
+        self._owns_group = False
 
     # ------------------------------------------------------------------------------------------- setup
 
@@ -135,16 +174,27 @@ class Trainer:
             )
         if len(self.test_data) == 0:
             raise ValueError(f"task: the {c.task!r} test split is empty; evaluation needs examples")
+        distributed.check_world_size(c.prompts_per_step, self.launch.world_size)
 
     def setup(self) -> None:
         """Warm start (cached), load the policy, wrap it with LoRA, build the optimiser, maybe resume."""
         c = self.config
         if c.num_threads > 0:
             torch.set_num_threads(c.num_threads)  # process-wide, like any torch thread setting
+        with distributed.report_failures("setup"):
+            self._owns_group = distributed.init(self.device, c.dist_timeout_s) or self._owns_group
+            self._setup()
+
+    def _setup(self) -> None:
+        c = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
         source = c.model
-        if c.sft_steps > 0:
-            source = str(sft_stage(c, self.task, self.output_dir, self.device, log=logger.info))
+        if c.sft_steps > 0:  # rank 0 warms up; the others wait, then find its cached result
+            if distributed.is_main():
+                source = str(sft_stage(c, self.task, self.output_dir, self.device, log=logger.info))
+            distributed.barrier()
+            if not distributed.is_main():
+                source = str(sft_stage(c, self.task, self.output_dir, self.device, log=logger.info))
         torch.manual_seed(c.seed)  # LoRA initialisation
         model, self.tokenizer = load_model(source, dtype=c.dtype, device=self.device)
         if c.gradient_checkpointing:
@@ -161,17 +211,20 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, c.lr_scheduler, c.warmup_steps, total_updates)
         self.head = lm_head_weight(self.model)  # [V, D]
         self._resume_or_start()
+        distributed.barrier()  # rank 0 may have removed stale checkpoints
 
     def _resume_or_start(self) -> None:
         checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
         if checkpoint is None:
             if self.config.resume:
                 logger.info("resume: no checkpoint in %s; starting from step 0", self.output_dir)
-            for stale in checkpoint_dirs(self.output_dir):
+            for stale in checkpoint_dirs(self.output_dir) if distributed.is_main() else []:
                 logger.warning("removing %s from an earlier run (pass --resume to continue it instead)", stale)
                 shutil.rmtree(stale)
             return
-        loaded = load_checkpoint(checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        loaded = load_checkpoint(
+            checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, rank=distributed.rank()
+        )
         self.algorithm.load_state_dict(loaded.algorithm_state)
         self.step = loaded.step
         self.state.update({k: v for k, v in loaded.trainer_state.items() if k != "step"})
@@ -194,19 +247,32 @@ class Trainer:
         picks = [divmod(step * per + j, n) for j in range(per)]
         return [self.train_data[self._permutation(epoch)[pos]] for epoch, pos in picks]
 
-    def rollout(self, step: int, generator: torch.Generator) -> tuple[Any, list[Group], list[list[int]]]:
-        """Sample, score and group the completions of `step`; returns (rollout, groups, prefixes)."""
+    def local_prompts(self) -> range:
+        """Indices into the step's global prompt list that this rank rolls out (a contiguous slice)."""
+        per = self.config.prompts_per_step // self.launch.world_size
+        return range(self.launch.rank * per, (self.launch.rank + 1) * per)
+
+    def rollout(self, step: int, generators: list[torch.Generator]) -> tuple[Rollout, list[Group], list[list[int]]]:
+        """Sample, score and group the completions of this rank's prompts of `step` (one generator per
+        prompt); returns (rollout, groups, prefixes)."""
         c, g = self.config, self.config.generation.num_generations
-        examples = self.batch_examples(step)
+        local = self.local_prompts()
+        examples = self.batch_examples(step)[local.start : local.stop]
         keys = [self.task.format_prompt(ex["prompt"]) for ex in examples]
         prompt_ids = encode_prompts(self.tokenizer, keys)
-        prefixes = [self.algorithm.rollout_prefix(key, generator) for key in keys]
-        torch.manual_seed(step_seed(c.seed, step))  # generate samples from the global RNG
-        out = sample_groups(
-            self.model, self.tokenizer, [p + x for p, x in zip(prompt_ids, prefixes, strict=True)], g,
-            max_new_tokens=c.generation.max_new_tokens, temperature=c.generation.temperature,
-            top_p=c.generation.top_p,
-        )  # fmt: skip
+        prefixes = [self.algorithm.rollout_prefix(key, gen) for key, gen in zip(keys, generators, strict=True)]
+        rows = [p + x for p, x in zip(prompt_ids, prefixes, strict=True)]
+        options = {"max_new_tokens": c.generation.max_new_tokens, "temperature": c.generation.temperature,
+                   "top_p": c.generation.top_p}  # fmt: skip
+        if c.sample_per_prompt:  # prompt j's completions depend on (seed, step, j) only, not on the rank
+            parts = []
+            for j, row in zip(local, rows, strict=True):
+                torch.manual_seed(stream_seed(c.seed, step, 2 * j + 1))  # generate samples from the global RNG
+                parts.append(sample_groups(self.model, self.tokenizer, [row], g, **options))
+            out = concat_rollouts(parts)
+        else:
+            torch.manual_seed(stream_seed(c.seed, step, -self.launch.rank))  # rank 0: step_seed(seed, step)
+            out = sample_groups(self.model, self.tokenizer, rows, g, **options)
         texts = decode(self.tokenizer, [prefixes[i // g] + comp for i, comp in enumerate(out.completions)])
         columns = {col: [ex[col] for ex in examples for _ in range(g)] for col in self.train_data.column_names}
         rewards = self.task.reward(texts, **columns)
@@ -218,75 +284,96 @@ class Trainer:
         return out, groups, prefixes
 
     def train_step(self, step: int) -> dict[str, Any]:
-        """One RL step (0-based `step`); returns its metrics."""
-        start = time.perf_counter()
-        generator = torch.Generator().manual_seed(step_seed(self.config.seed, step) + 1)
-        out, groups, prefixes = self.rollout(step, generator)
-        selections = [self.algorithm.process_group(group, generator) for group in groups]
-        for group in groups:
+        """One RL step (0-based `step`); returns its metrics (over the global batch)."""
+        c, start = self.config, time.perf_counter()
+        generators = [torch.Generator().manual_seed(stream_seed(c.seed, step, 2 * j + 2)) for j in self.local_prompts()]
+        out, groups, prefixes = self.rollout(step, generators)
+        selections = [self.algorithm.process_group(group, gen) for group, gen in zip(groups, generators, strict=True)]
+        local = {
+            "groups": groups, "prefix_lens": [len(p) for p in prefixes], "zero_std": [s.zero_std for s in selections],
+            "seconds": out.seconds, "tokens": out.generated_tokens, "peak_mem_mib": peak_memory_mib(self.device),
+        }  # fmt: skip
+        shards = distributed.all_gather_object(local)  # rank order = global prompt order
+        everyone = [group for shard in shards for group in shard["groups"]]
+        for group in everyone:  # every rank observes every group: identical algorithm state everywhere
             self.algorithm.observe(group)
-        rows = gather_rows(selections, self.config.generation.num_generations)
-        stats = self.optimise(out.prompts, out.completions, rows, step)
-        rewards = [r for group in groups for r in group.rewards]
-        mean, std = reward_stats(rewards)
+        counts = torch.tensor([sum(s.norm_units for s in selections), sum(len(s) for s in selections)]).double()
+        units, selected = distributed.all_reduce_sum(counts).tolist()  # global norm_units and selected tokens
+        rows = gather_rows(selections, c.generation.num_generations, units=units)
+        stats = self.optimise(out.prompts, out.completions, rows, step, int(selected))
+        mean, std = reward_stats([r for group in everyone for r in group.rewards])
+        completions = [comp for group in everyone for comp in group.completions]
+        prefix_lens = [n for shard in shards for n in shard["prefix_lens"]]
+        zero_std = [z for shard in shards for z in shard["zero_std"]]
         return {
             "kind": "train",
             "step": step + 1,
             "reward_mean": mean,
             "reward_std": std,
-            "frac_zero_std": sum(s.zero_std for s in selections) / len(selections),
-            "completion_len": sum(len(c) for c in out.completions) / len(out.completions),
-            "prefix_len": sum(len(p) for p in prefixes) / len(prefixes),
-            "selected_tokens": len(rows),
+            "frac_zero_std": sum(zero_std) / len(zero_std),
+            "completion_len": sum(len(comp) for comp in completions) / len(completions),
+            "prefix_len": sum(prefix_lens) / len(prefix_lens),
+            "selected_tokens": int(selected),
             **stats,
             "lr": self.scheduler.get_last_lr()[0],
             "step_time_s": time.perf_counter() - start,
-            "gen_tokens_per_s": out.tokens_per_second,
-            "peak_mem_mib": peak_memory_mib(self.device),
+            "gen_tokens_per_s": sum(s["tokens"] for s in shards) / max(max(s["seconds"] for s in shards), 1e-9),
+            "peak_mem_mib": max(s["peak_mem_mib"] for s in shards),
         }
 
-    def optimise(self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows, step: int) -> dict:
-        """Loss on the selected rows, backward, clip, optimiser step (num_iterations times)."""
+    def optimise(
+        self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows, step: int, selected: int
+    ) -> dict:
+        """Loss on the selected rows, backward, sum gradients over ranks, clip, optimiser step (num_iterations
+        times). `selected`: the global number of selected rows (`rows` are this rank's)."""
         c = self.config
         stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "forward_tokens": 0}
-        if len(rows) == 0:  # every group had equal rewards: nothing to learn from this batch
+        if selected == 0:  # every group had equal rewards: nothing to learn from this batch
             self.optimizer.zero_grad(set_to_none=True)
             for _ in range(c.num_iterations):  # no gradients: AdamW skips every parameter, the schedule moves on
                 self.optimizer.step()
                 self.scheduler.step()
             return stats
-        batch, index = pack_loss_batch(prompts, completions, rows, self.tokenizer.pad_token_id, self.device)
-        targets = rows.token.to(self.device)  # [k]
-        advantages = rows.advantage.to(self.device)  # [k]
-        weights = rows.weight.to(self.device)  # [k]
-        ref_logp = self._reference_logp(batch, index, targets) if c.beta > 0 else None  # [k] | None
+        if len(rows) > 0:  # this rank's share (another rank may hold every selected row)
+            batch, index = pack_loss_batch(prompts, completions, rows, self.tokenizer.pad_token_id, self.device)
+            targets = rows.token.to(self.device)  # [k]
+            advantages = rows.advantage.to(self.device)  # [k]
+            weights = rows.weight.to(self.device)  # [k]
+            ref_logp = self._reference_logp(batch, index, targets) if c.beta > 0 else None  # [k] | None
         old_logp = None  # iteration 0: pi_old = pi_theta (ratio 1); later: iteration 0's log-probs
+        totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
         self.model.train()
         for _ in range(c.num_iterations):
-            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
-            flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
-            out = linear_pg_loss(
-                flat, self.head, targets, advantages, index, old_logp=old_logp, ref_logp=ref_logp,
-                weights=weights, eps_low=c.eps_low, eps_high=c.eps_high, beta=c.beta,
-                temperature=c.generation.temperature, reduction="sum", impl=c.impl,
-            )  # fmt: skip
-            self._check_finite("loss", out.loss, step)
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            if len(rows) > 0:
+                hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
+                flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
+                out = linear_pg_loss(
+                    flat, self.head, targets, advantages, index, old_logp=old_logp, ref_logp=ref_logp,
+                    weights=weights, eps_low=c.eps_low, eps_high=c.eps_high, beta=c.beta,
+                    temperature=c.generation.temperature, reduction="sum", impl=c.impl,
+                )  # fmt: skip
+                out.loss.backward()  # a non-finite loss is caught below, before any update
+                delta = ref_logp - out.logp if ref_logp is not None else torch.zeros(1)  # [k]
+                totals = torch.stack([
+                    out.loss.detach().float().cpu(), out.clipped.float().sum().cpu(),
+                    (delta.exp() - delta - 1).sum().float().cpu(), batch.attention_mask.sum().float().cpu(),
+                ])  # fmt: skip
+                old_logp = out.logp if old_logp is None else old_logp  # [k] fp32, detached
+            summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
+            self._check_finite("loss", summed[0], step)
             max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
             self._check_finite("gradient norm", grad_norm, step)
             self.optimizer.step()
             self.scheduler.step()
-            old_logp = out.logp if old_logp is None else old_logp  # [k] fp32, detached
         self.model.eval()
-        stats["loss"] = float(out.loss.detach())
+        stats["loss"] = float(summed[0])
         stats["grad_norm"] = float(grad_norm)
-        stats["clip_frac"] = float(out.clipped.float().mean())
-        stats["forward_tokens"] = int(batch.attention_mask.sum())
-        if ref_logp is not None:
-            delta = ref_logp - out.logp  # [k]
-            stats["kl"] = float((delta.exp() - delta - 1).mean())
+        stats["clip_frac"] = float(summed[1]) / selected
+        stats["forward_tokens"] = int(summed[3])
+        if c.beta > 0:
+            stats["kl"] = float(summed[2]) / selected
         return stats
 
     @torch.no_grad()
@@ -314,16 +401,22 @@ class Trainer:
         c = self.config
         return evaluate(
             self.model, self.task, tokenizer=self.tokenizer, limit=c.eval_size or None,
-            batch_size=c.eval_batch_size, max_new_tokens=c.generation.max_new_tokens,
+            batch_size=c.eval_batch_size, max_new_tokens=c.generation.max_new_tokens, sharded=True,
         )  # fmt: skip
 
     def save(self) -> Path:
+        """Checkpoint (a collective: every rank calls it; rank 0 writes every rank's RNG state)."""
         c = self.config
-        return save_checkpoint(
-            self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            trainer_state=self.state, algorithm_state=self.algorithm.state_dict(), config=c.to_dict(),
-            keep=c.save_total_limit,
-        )  # fmt: skip
+        states = distributed.all_gather_object(rng_state())
+        path = self.output_dir / f"checkpoint-{self.step}"
+        if distributed.is_main():
+            path = save_checkpoint(
+                self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                trainer_state=self.state, algorithm_state=self.algorithm.state_dict(), config=c.to_dict(),
+                keep=c.save_total_limit, rng_states=states,
+            )  # fmt: skip
+        distributed.barrier()  # no rank reads or moves on before the checkpoint is in place
+        return path
 
     def _log_eval(self, log: MetricsLog, when: str) -> float:
         result = self.evaluate()
@@ -341,9 +434,13 @@ class Trainer:
         try:
             if self.model is None:
                 self.setup()
-            return self._loop(start)
+            with distributed.report_failures(f"training (step {self.step + 1})"):
+                return self._loop(start)
         finally:
             torch.set_num_threads(self._threads)  # setup may have changed it for this run only
+            if self._owns_group:
+                distributed.destroy()
+                self._owns_group = False
 
     def _loop(self, start: float) -> TrainResult:
         c = self.config
@@ -351,12 +448,12 @@ class Trainer:
         last: dict[str, Any] = {}
         log = MetricsLog(
             self.output_dir / METRICS_FILE, total=c.steps, initial=self.step, resume_step=self.step,
-            progress=c.progress,
+            progress=c.progress, enabled=distributed.is_main(),
         )  # fmt: skip
         with log, StopSignals() as stop:
             if self.state["eval_before"] is None:
                 self.state["eval_before"] = self._log_eval(log, "before")
-            while self.step < c.steps and not stop.requested:
+            while self.step < c.steps and not self._stop_agreed(stop.requested):
                 last = self.train_step(self.step)
                 self.step += 1
                 if self.step % c.log_every == 0 or self.step == c.steps:
@@ -375,8 +472,15 @@ class Trainer:
             output_dir=self.output_dir, interrupted=interrupted, wall_time_s=self.state["wall_time_s"],
             checkpoint=saved_at, metrics=last,
         )  # fmt: skip
-        self._write_results(result)
+        if distributed.is_main():
+            self._write_results(result)
         return result
+
+    def _stop_agreed(self, requested: bool) -> bool:
+        """True when any rank got SIGINT/SIGTERM: all ranks stop after the same step."""
+        if self.launch.world_size == 1:
+            return requested
+        return bool(distributed.all_reduce_max(torch.tensor([float(requested)]))[0] > 0)
 
     def _on_step_end(self) -> None:
         """A hook for tests (e.g. to raise a signal mid-run); does nothing."""

@@ -1,0 +1,188 @@
+"""Data-parallel training on CPU with gloo: two torchrun processes against one process.
+
+The runs use the `custom` task on a small JSONL file with a reward that hashes the completion text (the
+tiny model starts from random weights, so a real reward would be 0 everywhere and nothing would train).
+`sample_per_prompt` makes prompt j's completions independent of which rank samples them and
+lora_dropout=0 removes the per-rank dropout masks, so the two-process run must produce the adapter of the
+one-process run with the same seed and global batch, up to fp32 rounding. The same file checks that a
+SIGTERM on one rank stops both after the same step and the checkpoint resumes bit for bit, that a rank
+that raises brings the job down with its rank in the message, and the batch arithmetic check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tokrl.config import load_config
+from tokrl.distributed import check_world_size, launch_env
+from tokrl.trainer import Trainer
+
+REWARD_MODULE = """
+import os
+import signal
+import zlib
+
+interrupted = False
+
+
+def hash_reward(completions, **columns):
+    return [float(zlib.crc32(c.encode()) % 2) for c in completions]
+
+
+def rank1_fails(completions, **columns):
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("reward server unreachable")
+    return hash_reward(completions)
+
+
+def rank1_interrupted(completions, **columns):
+    global interrupted
+    if os.environ.get("RANK") == "1" and len(completions) == 8 and not interrupted:  # step 1's rollout
+        interrupted = True
+        signal.raise_signal(signal.SIGTERM)  # only rank 1 is told to stop
+    return hash_reward(completions)
+"""
+
+SPAWN_TIMEOUT_S = 240  # a hang (the failure this file guards against) must not stall the suite
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A dataset, a reward module on the import path, and the settings every run here shares."""
+    rows = [{"prompt": f"{a}*{2 + a % 8}=", "answer": str(a * (2 + a % 8))} for a in range(10, 18)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "distreward.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def settings(workdir: Path, reward: str = "hash_reward") -> dict:
+    return {
+        "model": "tiny",
+        "task": "custom",
+        "task_options": {"dataset": str(workdir / "data.jsonl"), "reward": f"distreward:{reward}", "test_size": 4},
+        "algorithm": "t-spmo",
+        "replay_prob": 0.5,
+        "device": "cpu",
+        "dtype": "float32",
+        "sft_steps": 0,
+        "steps": 2,
+        "prompts_per_step": 4,
+        "num_generations": 4,
+        "max_new_tokens": 8,
+        "eval_size": 4,
+        "eval_batch_size": 4,
+        "lr": 1e-2,
+        "lora_dropout": 0.0,
+        "sample_per_prompt": True,
+        "num_threads": 1,
+        "progress": False,
+        "dist_timeout_s": 60,
+        "seed": 3,
+    }
+
+
+def torchrun(
+    workdir: Path, out: Path, nproc: int = 2, reward: str = "hash_reward", **extra
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node N -m tokrl train ...` as the user would type it."""
+    args = []
+    for key, value in (settings(workdir, reward) | {"output_dir": str(out)} | extra).items():
+        args += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
+                        "OMP_NUM_THREADS": "1"}  # fmt: skip
+    return subprocess.run(
+        command + ["-m", "tokrl", "train", *args], env=env, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S
+    )
+
+
+def train_records(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_two_processes_match_one_and_resume(workdir):
+    single = Trainer(load_config(**settings(workdir), output_dir=str(workdir / "one"))).run()
+
+    done = torchrun(workdir, workdir / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = workdir / "two"
+    one_adapter = load_file(str(single.checkpoint / "adapter_model.safetensors"))
+    two_adapter = load_file(str(two / "checkpoint-2" / "adapter_model.safetensors"))
+    assert one_adapter.keys() == two_adapter.keys()
+    assert any(v.abs().max() > 0 for k, v in one_adapter.items() if "lora_B" in k), "the adapter trained"
+    x = torch.cat([one_adapter[k].flatten() for k in one_adapter])  # [n] one process
+    y = torch.cat([two_adapter[k].flatten() for k in one_adapter])  # [n] two processes
+    # Adam divides by sqrt(v) + 1e-8: an element whose gradient is ~1e-8 turns fp32 rounding of the summed
+    # gradient (1e-7 relative) into a visible update difference, bounded by the step size lr per step.
+    # So: almost every element within fp32 tolerance, every element well inside one Adam step, and the
+    # summed gradient itself (its norm, logged per step) equal to fp32 tolerance below.
+    close = torch.isclose(y, x, rtol=1e-5, atol=1e-6)  # [n]
+    assert close.float().mean() > 0.998, f"{int((~close).sum())} of {x.numel()} adapter values differ"
+    torch.testing.assert_close(y, x, rtol=0, atol=0.2 * settings(workdir)["lr"])
+
+    # Logged numbers are global: the same rewards and selections as one process, written once (rank 0).
+    ones, twos = train_records(single.output_dir), train_records(two)
+    assert [r["step"] for r in twos] == [1, 2]
+    for a, b in zip(ones, twos, strict=True):
+        for key in ("reward_mean", "reward_std", "frac_zero_std", "selected_tokens", "completion_len", "prefix_len"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), "the summed LoRA gradient"
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    assert any(r["prefix_len"] > 0 for r in twos), "T-SPMO replay ran: every rank's replay buffer saw every group"
+    results = json.loads((two / "results.json").read_text())
+    assert results["eval_before"] == single.eval_before and results["eval_n"] == 4
+    checkpoint = two / "checkpoint-2"
+    assert (checkpoint / "rng_state_rank0.pt").is_file() and (checkpoint / "rng_state_rank1.pt").is_file()
+    assert not list(two.glob(".checkpoint-*")), "no temporary checkpoint left behind"
+
+    # SIGTERM on rank 1 alone: both ranks stop after step 1 and checkpoint; the resumed run ends bit for bit
+    # where the uninterrupted two-process run ended.
+    three = workdir / "three"
+    stopped = torchrun(workdir, three, reward="rank1_interrupted")
+    assert stopped.returncode != 0 and "interrupted at step 1" in stopped.stdout, stopped.stderr[-3000:]
+    assert json.loads((three / "results.json").read_text())["interrupted"]
+    assert (three / "checkpoint-1" / "rng_state_rank1.pt").is_file()
+    resumed = torchrun(workdir, three, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in train_records(three)] == [1, 2]
+    again = load_file(str(three / "checkpoint-2" / "adapter_model.safetensors"))
+    assert all(torch.equal(again[k], two_adapter[k]) for k in two_adapter)
+    assert [r["loss"] for r in train_records(three)] == [r["loss"] for r in twos]
+
+
+def test_a_failing_rank_stops_the_run(workdir):
+    done = torchrun(workdir, workdir / "fail", reward="rank1_fails", steps=1)
+    assert done.returncode != 0
+    assert "rank 1 of 2 failed" in done.stderr and "reward server unreachable" in done.stderr
+
+
+def test_world_size_arithmetic_fails_before_weights_load(workdir, monkeypatch):
+    with pytest.raises(ValueError, match=r"prompts_per_step: 6 prompts .* 4 processes .* multiple of 4, e\.g\. 4 or 8"):
+        check_world_size(6, 4)
+    check_world_size(8, 4)
+    check_world_size(3, 1)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    config = load_config(**settings(workdir), output_dir=str(workdir / "bad"))
+    with pytest.raises(ValueError, match=r"prompts_per_step: 4 .* 3 processes"):
+        Trainer(config)
+    assert not (workdir / "bad").exists()
+
+
+def test_launch_env_reads_torchrun_and_accelerate_variables():
+    assert launch_env({}) == launch_env({"WORLD_SIZE": "1", "RANK": "0"})
+    env = launch_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "n0", "MASTER_PORT": "29500"})
+    assert (env.rank, env.world_size, env.local_rank, env.is_main) == (3, 4, 1, False)
+    with pytest.raises(ValueError, match="RANK=4 is outside WORLD_SIZE=4"):
+        launch_env({"WORLD_SIZE": "4", "RANK": "4"})
