@@ -27,6 +27,11 @@ __all__ = ["PGLoss", "linear_logprob", "linear_pg_loss", "resolve_impl"]
 __version__ = "0.1.0"
 
 
+def _device_of(hidden: object) -> torch.device:
+    """hidden's device; CPU for a non-tensor, so validation (not an AttributeError) reports the bad argument."""
+    return hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu")
+
+
 def linear_logprob(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -40,7 +45,7 @@ def linear_logprob(
 
     Differentiable w.r.t. hidden, and w.r.t. weight when it requires grad.
     """
-    backend = get_backend(impl, hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu"))
+    backend = get_backend(impl, _device_of(hidden))
     index = validate_logprob_inputs(hidden, weight, targets, index, temperature)
     return backend.logprob(hidden, weight, targets, index, float(temperature))
 
@@ -67,7 +72,7 @@ def linear_pg_loss(
     Per row: loss_i = weights_i * (-min(r*A, clamp(r, 1-eps_low, 1+eps_high)*A) + beta*kl_i), r = exp(logp - old).
     reduction: "sum", "mean" (over k; 0 when k = 0) or "none" ([k]).
     """
-    backend = get_backend(impl, hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu"))
+    backend = get_backend(impl, _device_of(hidden))
     return compose_pg_loss(
         backend.logprob,
         backend.epilogue,
