@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "report.py"
+from tests.utils import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("tokrl_bench_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("report")
 
 
 def _bench(provider, mode, n_rows, k, median_s, peak, tflops=None, device="cpu", group=None):

@@ -18,9 +18,11 @@ from safetensors.torch import load_file
 from tokrl.algorithms import AlgoConfig, GroupSelection, available_algorithms
 from tokrl.checkpoint import StopSignals
 from tokrl.config import load_config
+from tokrl.policy_update import NonFiniteLossError, build_scheduler
 from tokrl.rollout import gather_rows
+from tokrl.seeding import step_seed
 from tokrl.sft import sft_stage
-from tokrl.trainer import NonFiniteLossError, Trainer, build_scheduler, step_seed
+from tokrl.trainer import Trainer
 
 
 def hash_reward(completions, **columns):
@@ -93,7 +95,7 @@ def test_kl_and_ppo_iterations(tmp_path):
     trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo", beta=0.1, num_iterations=2, steps=1))
     result = trainer.run()
     assert result.metrics["kl"] >= 0 and torch.isfinite(torch.tensor(result.metrics["loss"]))
-    assert trainer.scheduler.last_epoch == 2  # one scheduler step per optimiser step
+    assert trainer.update.scheduler.last_epoch == 2  # one scheduler step per optimiser step
 
 
 def _adapter(path):
@@ -134,15 +136,15 @@ def test_interrupt_then_resume_is_bit_exact(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
-    import tokrl.trainer as trainer_module
+    import tokrl.policy_update as update_module
 
-    real = trainer_module.linear_pg_loss
+    real = update_module.linear_pg_loss
 
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
         return out._replace(loss=out.loss * float("nan"))
 
-    monkeypatch.setattr(trainer_module, "linear_pg_loss", poisoned)
+    monkeypatch.setattr(update_module, "linear_pg_loss", poisoned)
     trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo"))
     trainer.setup()
     _, lora0 = _base_and_lora(trainer.model)

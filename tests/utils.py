@@ -7,6 +7,9 @@ of the loss math lives in the tests. The epilogue itself is pinned by hand-compu
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -110,3 +113,14 @@ def assert_close_to_ref(
     err = max_abs_err(fast, ref64)
     budget = 2 * max_abs_err(same_dtype, ref64) + atol
     assert err <= budget, f"{name}: max abs error {err:.3e} exceeds 2 * torch-same-dtype error + atol = {budget:.3e}"
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py (a script folder, not a package) as a module for testing."""
+    spec = importlib.util.spec_from_file_location(f"tokrl_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -112,7 +112,8 @@ def _unknown_flags(unknown: list[str]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tokrl.config import load_config
-    from tokrl.trainer import NonFiniteLossError, Trainer
+    from tokrl.policy_update import NonFiniteLossError
+    from tokrl.trainer import Trainer
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset", "config")}
     try:
@@ -146,8 +147,8 @@ def _pct(value: float | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     import yaml
 
+    from tokrl.distributed import resolve_device
     from tokrl.evaluate import evaluate
-    from tokrl.trainer import resolve_device
 
     options = yaml.safe_load(args.task_options) or {}
     if not isinstance(options, dict):

@@ -77,6 +77,16 @@ def check_world_size(prompts_per_step: int, world_size: int) -> None:
         )
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The run's device; "auto" and "cuda" mean cuda:LOCAL_RANK (the launcher's GPU for this process)."""
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} was asked for but CUDA is not available; use --device cpu")
+    return torch.device("cuda", local_rank) if name == "cuda" else device
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

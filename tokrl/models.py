@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Sequence
 from urllib.parse import urlparse
 
@@ -322,7 +323,9 @@ def apply_lora(
     )
     check_lm_head_not_adapted(model)
     _check_peft_config(config, _head_module_names(model))
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; the user can do nothing about it
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
     check_lm_head_not_adapted(peft_model)
     return peft_model
 

@@ -9,9 +9,8 @@ One step (everything random is seeded from (seed, step), so a resumed run repeat
        position, to the final hidden states (train mode: LoRA dropout is active in the loss forward)
     -> linear_pg_loss on the selected rows of the flattened hidden states, temperature = the sampling
        temperature (so pi_theta is the distribution the tokens were drawn from), weights divided by the
-       batch's total norm_units -> backward -> gradient clipping -> AdamW and scheduler step.
-num_iterations > 1 repeats the last three on the same batch with the first iteration's log-probs as
-pi_old (PPO ratio and clipping). beta > 0 adds the k3 KL to the model with the adapter disabled.
+       batch's total norm_units -> backward -> gradient clipping -> AdamW and scheduler step
+       (tokrl/policy_update.py, which also holds num_iterations > 1 and the beta > 0 reference log-probs).
 The trainer never branches on the algorithm's name: the registry object decides every algorithmic choice.
 
 Randomness per prompt: prompt j of a step (its index in the step's global prompt list) draws its replay
@@ -31,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -53,21 +51,19 @@ from tokrl.checkpoint import (
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.evaluate import evaluate
 from tokrl.metrics import MetricsLog, peak_memory_mib, reward_stats
-from tokrl.models import apply_lora, hidden_states, lm_head_weight, load_model, trainable_parameter_count
+from tokrl.models import apply_lora, load_model, trainable_parameter_count
+from tokrl.policy_update import PolicyUpdate
 from tokrl.rollout import (
-    LossRows,
-    PackedBatch,
     Rollout,
     concat_rollouts,
     decode,
     encode_prompts,
     gather_rows,
-    pack_loss_batch,
     sample_groups,
 )
+from tokrl.seeding import step_seed, stream_seed
 from tokrl.sft import sft_stage
 from tokrl.tasks import get_task
-from tokrl_kernels import linear_logprob, linear_pg_loss
 
 logger = logging.getLogger("tokrl")
 
@@ -104,43 +100,6 @@ def train(
     return Trainer(config).run()
 
 
-def step_seed(seed: int, step: int) -> int:
-    """A per-step seed: distinct streams for every (seed, step), stable across runs and resumes."""
-    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
-
-
-def stream_seed(seed: int, step: int, stream: int) -> int:
-    """Seed of random stream `stream` of `step` (stream 0 is `step_seed` itself): streams 2j + 1 and
-    2j + 2 sample and select for prompt j, stream -r samples rank r's batch."""
-    return (step_seed(seed, step) + stream * 0x9E3779B97F4A7C15) % (2**63 - 1)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The run's device; "auto" and "cuda" mean cuda:LOCAL_RANK (the launcher's GPU for this process)."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} was asked for but CUDA is not available; use --device cpu")
-    return torch.device("cuda", local_rank) if name == "cuda" else device
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int) -> Any:
-    """Linear warmup over `warmup` optimiser steps, then constant, linear or cosine decay to 0 at `total`."""
-
-    def factor(i: int) -> float:
-        if i < warmup:
-            return (i + 1) / warmup
-        progress = min(1.0, (i - warmup) / max(total - warmup, 1))
-        return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[name]
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
 class Trainer:
     """Owns the run: checks, warm start, model, optimiser, the loop, checkpoints and evaluation."""
 
@@ -148,7 +107,7 @@ class Trainer:
         validate_config(config)
         self.config = config
         self.launch = distributed.launch_env()  # rank and world size from torchrun / accelerate launch
-        self.device = resolve_device(config.device, self.launch.local_rank)
+        self.device = distributed.resolve_device(config.device, self.launch.local_rank)
         self.output_dir = config.resolved_output_dir()
         self.task = get_task(config.task, **config.task_options)
         self.algorithm = get_algorithm(config.algorithm, config.algo)
@@ -203,13 +162,9 @@ class Trainer:
         self.model = apply_lora(
             model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules
         )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
         trainable, total = trainable_parameter_count(self.model)
         logger.info("policy %s: %d trainable of %d parameters on %s", source, trainable, total, self.device)
-        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
-        total_updates = max(c.steps * c.num_iterations, 1)
-        self.scheduler = build_scheduler(self.optimizer, c.lr_scheduler, c.warmup_steps, total_updates)
-        self.head = lm_head_weight(self.model)  # [V, D]
+        self.update = PolicyUpdate(self.model, c, self.tokenizer.pad_token_id, self.device, save=self.save)
         self._resume_or_start()
         distributed.barrier()  # rank 0 may have removed stale checkpoints
 
@@ -223,7 +178,11 @@ class Trainer:
                 shutil.rmtree(stale)
             return
         loaded = load_checkpoint(
-            checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, rank=distributed.rank()
+            checkpoint,
+            model=self.model,
+            optimizer=self.update.optimizer,
+            scheduler=self.update.scheduler,
+            rank=distributed.rank(),
         )
         self.algorithm.load_state_dict(loaded.algorithm_state)
         self.step = loaded.step
@@ -300,7 +259,7 @@ class Trainer:
         counts = torch.tensor([sum(s.norm_units for s in selections), sum(len(s) for s in selections)]).double()
         units, selected = distributed.all_reduce_sum(counts).tolist()  # global norm_units and selected tokens
         rows = gather_rows(selections, c.generation.num_generations, units=units)
-        stats = self.optimise(out.prompts, out.completions, rows, step, int(selected))
+        stats = self.update.apply(out.prompts, out.completions, rows, step, int(selected))
         mean, std = reward_stats([r for group in everyone for r in group.rewards])
         completions = [comp for group in everyone for comp in group.completions]
         prefix_lens = [n for shard in shards for n in shard["prefix_lens"]]
@@ -315,85 +274,11 @@ class Trainer:
             "prefix_len": sum(prefix_lens) / len(prefix_lens),
             "selected_tokens": int(selected),
             **stats,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self.update.lr,
             "step_time_s": time.perf_counter() - start,
             "gen_tokens_per_s": sum(s["tokens"] for s in shards) / max(max(s["seconds"] for s in shards), 1e-9),
             "peak_mem_mib": max(s["peak_mem_mib"] for s in shards),
         }
-
-    def optimise(
-        self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows, step: int, selected: int
-    ) -> dict:
-        """Loss on the selected rows, backward, sum gradients over ranks, clip, optimiser step (num_iterations
-        times). `selected`: the global number of selected rows (`rows` are this rank's)."""
-        c = self.config
-        stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "forward_tokens": 0}
-        if selected == 0:  # every group had equal rewards: nothing to learn from this batch
-            self.optimizer.zero_grad(set_to_none=True)
-            for _ in range(c.num_iterations):  # no gradients: AdamW skips every parameter, the schedule moves on
-                self.optimizer.step()
-                self.scheduler.step()
-            return stats
-        if len(rows) > 0:  # this rank's share (another rank may hold every selected row)
-            batch, index = pack_loss_batch(prompts, completions, rows, self.tokenizer.pad_token_id, self.device)
-            targets = rows.token.to(self.device)  # [k]
-            advantages = rows.advantage.to(self.device)  # [k]
-            weights = rows.weight.to(self.device)  # [k]
-            ref_logp = self._reference_logp(batch, index, targets) if c.beta > 0 else None  # [k] | None
-        old_logp = None  # iteration 0: pi_old = pi_theta (ratio 1); later: iteration 0's log-probs
-        totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
-        self.model.train()
-        for _ in range(c.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            if len(rows) > 0:
-                hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
-                flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
-                out = linear_pg_loss(
-                    flat, self.head, targets, advantages, index, old_logp=old_logp, ref_logp=ref_logp,
-                    weights=weights, eps_low=c.eps_low, eps_high=c.eps_high, beta=c.beta,
-                    temperature=c.generation.temperature, reduction="sum", impl=c.impl,
-                )  # fmt: skip
-                out.loss.backward()  # a non-finite loss is caught below, before any update
-                delta = ref_logp - out.logp if ref_logp is not None else torch.zeros(1)  # [k]
-                totals = torch.stack([
-                    out.loss.detach().float().cpu(), out.clipped.float().sum().cpu(),
-                    (delta.exp() - delta - 1).sum().float().cpu(), batch.attention_mask.sum().float().cpu(),
-                ])  # fmt: skip
-                old_logp = out.logp if old_logp is None else old_logp  # [k] fp32, detached
-            summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
-            self._check_finite("loss", summed[0], step)
-            max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-            self._check_finite("gradient norm", grad_norm, step)
-            self.optimizer.step()
-            self.scheduler.step()
-        self.model.eval()
-        stats["loss"] = float(summed[0])
-        stats["grad_norm"] = float(grad_norm)
-        stats["clip_frac"] = float(summed[1]) / selected
-        stats["forward_tokens"] = int(summed[3])
-        if c.beta > 0:
-            stats["kl"] = float(summed[2]) / selected
-        return stats
-
-    @torch.no_grad()
-    def _reference_logp(self, batch: PackedBatch, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log-probs of the selected tokens under the base model (adapter disabled, eval mode): [k] fp32."""
-        self.model.eval()
-        with self.model.disable_adapter():
-            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
-        flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
-        temperature = self.config.generation.temperature
-        return linear_logprob(flat, self.head, targets, index, temperature=temperature, impl=self.config.impl)
-
-    def _check_finite(self, what: str, value: torch.Tensor, step: int) -> None:
-        if bool(torch.isfinite(value)):
-            return
-        path = self.save()
-        raise NonFiniteLossError(
-            f"non-finite {what} ({float(value)}) at step {step + 1}; stopped without applying it. State saved "
-            f"to {path}. Try a lower --lr, a smaller --max-grad-norm, or --dtype float32; resume with --resume."
-        )
 
     # ------------------------------------------------------------------------------------ eval and save
 
@@ -411,7 +296,8 @@ class Trainer:
         path = self.output_dir / f"checkpoint-{self.step}"
         if distributed.is_main():
             path = save_checkpoint(
-                self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                self.output_dir, self.step, model=self.model, optimizer=self.update.optimizer,
+                scheduler=self.update.scheduler,
                 trainer_state=self.state, algorithm_state=self.algorithm.state_dict(), config=c.to_dict(),
                 keep=c.save_total_limit, rng_states=states,
             )  # fmt: skip

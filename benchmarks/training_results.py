@@ -1,0 +1,97 @@
+"""Collect finished `tokrl train` runs into one results JSON and print the README's markdown table.
+
+    python benchmarks/training_results.py outputs/tiny-multiplication-{t-spmo,s-grpo,grpo} \
+        --out benchmarks/results/cpu-<date>-train-tiny-multiplication.json --note "2 cores, solo runs"
+
+Each run directory must hold `results.json` (written at the end of a run) and `metrics.jsonl`. Per run the
+JSON keeps results.json as written plus what the table needs from metrics.jsonl: mean selected and
+generated tokens per step, mean frac_zero_std, median step time and the eval curve (every eval record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def summarise_run(run_dir: Path) -> dict[str, Any]:
+    """results.json of `run_dir` plus per-step means and the eval curve from its metrics.jsonl."""
+    results_file, metrics_file = run_dir / "results.json", run_dir / "metrics.jsonl"
+    for needed in (results_file, metrics_file):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished `tokrl train` output_dir?")
+    results = json.loads(results_file.read_text())
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train = [r for r in records if r["kind"] == "train"]
+    if not train:
+        raise ValueError(f"{metrics_file} has no train records (was the run started with --log-every > steps?)")
+    per_step = {
+        "mean_selected_tokens_per_step": statistics.fmean(r["selected_tokens"] for r in train),
+        "mean_generated_tokens_per_step": statistics.fmean(r["completion_len"] for r in train)
+        * _completions_per_step(run_dir),
+        "mean_frac_zero_std": statistics.fmean(r["frac_zero_std"] for r in train),
+        "median_step_time_s": statistics.median(r["step_time_s"] for r in train),
+        "train_records": len(train),
+    }
+    curve = [{"step": r["step"], "accuracy": r["accuracy"]} for r in records if r["kind"] == "eval"]
+    return {**results, **per_step, "eval_curve": curve}
+
+
+def _completions_per_step(run_dir: Path) -> int:
+    """prompts_per_step x num_generations from the resolved config saved with the final checkpoint."""
+    configs = sorted(run_dir.glob("checkpoint-*/config.yaml"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not configs:
+        raise FileNotFoundError(f"no checkpoint-*/config.yaml in {run_dir}: the resolved config is needed")
+    config = yaml.safe_load(configs[-1].read_text())
+    return int(config["prompts_per_step"]) * int(config["generation"]["num_generations"])
+
+
+def markdown_table(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| algorithm | held-out accuracy before → after | change | tokens in the loss per step, mean | wall time |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for run in runs:
+        before, after = 100 * run["eval_before"], 100 * run["eval_after"]
+        lines.append(
+            f"| {run['algorithm']} | {before:.1f}% → {after:.1f}% | {after - before:+.1f} points | "
+            f"{run['mean_selected_tokens_per_step']:.0f} of {run['mean_generated_tokens_per_step']:.0f} | "
+            f"{run['wall_time_s']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished output_dir of each run")
+    parser.add_argument("--out", type=Path, help="write the collected JSON here")
+    parser.add_argument("--note", default="", help="how the runs were made (machine, threads, concurrency)")
+    args = parser.parse_args(argv)
+    import peft
+    import torch
+    import transformers
+
+    data = {
+        "what": "tokrl train runs collected by benchmarks/training_results.py",
+        "collected_on": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "note": args.note,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "runs": [summarise_run(run) for run in args.runs],
+    }
+    if args.out:
+        args.out.write_text(json.dumps(data, indent=2) + "\n")
+    print(markdown_table(data["runs"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""benchmarks/training_results.py: finished run directories -> the collected JSON and the README table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.utils import load_benchmark_script
+
+
+@pytest.fixture(scope="module")
+def collect():
+    return load_benchmark_script("training_results")
+
+
+def _fake_run(root: Path, algorithm: str, before: float, after: float) -> Path:
+    run = root / algorithm
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "config.yaml").write_text(
+        yaml.safe_dump({"prompts_per_step": 4, "generation": {"num_generations": 2}})
+    )
+    records = [
+        {"kind": "eval", "step": 0, "accuracy": before},
+        {"kind": "train", "step": 1, "selected_tokens": 3, "completion_len": 5.0, "frac_zero_std": 0.5,
+         "step_time_s": 0.1},
+        {"kind": "train", "step": 2, "selected_tokens": 5, "completion_len": 4.0, "frac_zero_std": 0.25,
+         "step_time_s": 0.3},
+        {"kind": "eval", "step": 2, "accuracy": after},
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    results = {"algorithm": algorithm, "eval_before": before, "eval_after": after, "wall_time_s": 12.3, "steps": 2}
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_summary_keeps_results_and_averages_the_steps(collect, tmp_path):
+    run = collect.summarise_run(_fake_run(tmp_path, "t-spmo", 0.25, 0.5))
+    assert run["eval_before"] == 0.25 and run["eval_after"] == 0.5 and run["wall_time_s"] == 12.3
+    assert run["mean_selected_tokens_per_step"] == pytest.approx(4.0)
+    assert run["mean_generated_tokens_per_step"] == pytest.approx(4.5 * 8)  # mean length x 4 prompts x 2
+    assert run["mean_frac_zero_std"] == pytest.approx(0.375)
+    assert run["median_step_time_s"] == pytest.approx(0.2)
+    assert run["eval_curve"] == [{"step": 0, "accuracy": 0.25}, {"step": 2, "accuracy": 0.5}]
+
+
+def test_table_and_json_from_the_command_line(collect, tmp_path, capsys):
+    runs = [_fake_run(tmp_path, "t-spmo", 0.25, 0.5), _fake_run(tmp_path, "grpo", 0.25, 0.375)]
+    out = tmp_path / "collected.json"
+    assert collect.main([str(r) for r in runs] + ["--out", str(out), "--note", "test"]) == 0
+    table = capsys.readouterr().out
+    assert "| t-spmo | 25.0% → 50.0% | +25.0 points | 4 of 36 | 12 s |" in table
+    assert "| grpo | 25.0% → 37.5% | +12.5 points |" in table
+    data = json.loads(out.read_text())
+    assert [r["algorithm"] for r in data["runs"]] == ["t-spmo", "grpo"] and data["note"] == "test"
+
+
+def test_unfinished_run_is_named(collect, tmp_path):
+    run = _fake_run(tmp_path, "s-grpo", 0.1, 0.2)
+    (run / "results.json").unlink()
+    with pytest.raises(FileNotFoundError, match="results.json is missing.*finished `tokrl train`"):
+        collect.summarise_run(run)

@@ -1,0 +1,143 @@
+"""The optimisation half of an RL step: fused loss on the selected rows, backward, gradient sum over ranks,
+clipping, AdamW and learning-rate schedule.
+
+For the selected rows (completion b, position t, token v, advantage A, weight w) of one step:
+    hidden = policy(prompt + completion[:last selected position])      [B', L, D], stopped early per row
+    loss   = sum_k w_k * (pg_k + beta * kl_k)                           linear_pg_loss, reduction="sum"
+with the log-probs taken at `temperature` (the sampling temperature, so pi_theta is the distribution the
+tokens were drawn from) straight from hidden rows and the LM head weight: [k, V] logits are never built.
+num_iterations > 1 repeats loss/backward/step on the same rows with the first iteration's log-probs as
+pi_old (PPO ratio and clipping). beta > 0 reads the reference log-probs from the same model with the LoRA
+adapter disabled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokrl import distributed
+from tokrl.config import TrainConfig
+from tokrl.models import hidden_states, lm_head_weight
+from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch
+from tokrl_kernels import linear_logprob, linear_pg_loss
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm of a step was NaN/inf; the step was not applied and the state was saved."""
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int) -> Any:
+    """Linear warmup over `warmup` optimiser steps, then constant, linear or cosine decay to 0 at `total`."""
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        progress = min(1.0, (i - warmup) / max(total - warmup, 1))
+        return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[name]
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class PolicyUpdate:
+    """Owns the trainable parameters' optimiser and schedule and applies one step's loss to them.
+
+    `save`: called before a NonFiniteLossError is raised (the trainer checkpoints there); returns the path.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, config: TrainConfig, pad_id: int, device: torch.device, save: Callable[[], Path]
+    ) -> None:
+        self.model, self.config, self.pad_id, self.device, self._save = model, config, pad_id, device, save
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        total_updates = max(config.steps * config.num_iterations, 1)
+        self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
+        self.head = lm_head_weight(model)  # [V, D]
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def skip(self) -> None:
+        """A batch with nothing selected: no gradients, but the optimiser and schedule still move on."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(self.config.num_iterations):  # AdamW skips parameters without gradients
+            self.optimizer.step()
+            self.scheduler.step()
+
+    def apply(
+        self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows, step: int, selected: int
+    ) -> dict[str, Any]:
+        """Loss on this rank's selected `rows`, backward, sum gradients over ranks, clip, optimiser step
+        (num_iterations times); returns the step's loss statistics. `selected`: the global number of rows
+        (another rank may hold all of them, then this rank only joins the gradient sum)."""
+        c = self.config
+        stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "forward_tokens": 0}
+        if selected == 0:
+            self.skip()
+            return stats
+        if len(rows) > 0:
+            batch, index = pack_loss_batch(prompts, completions, rows, self.pad_id, self.device)
+            targets = rows.token.to(self.device)  # [k]
+            advantages = rows.advantage.to(self.device)  # [k]
+            weights = rows.weight.to(self.device)  # [k]
+            ref_logp = self.reference_logp(batch, index, targets) if c.beta > 0 else None  # [k] | None
+        old_logp = None  # iteration 0: pi_old = pi_theta (ratio 1); later: iteration 0's log-probs
+        totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
+        self.model.train()  # LoRA dropout is active in the loss forward
+        for _ in range(c.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            if len(rows) > 0:
+                hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
+                flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
+                out = linear_pg_loss(
+                    flat, self.head, targets, advantages, index, old_logp=old_logp, ref_logp=ref_logp,
+                    weights=weights, eps_low=c.eps_low, eps_high=c.eps_high, beta=c.beta,
+                    temperature=c.generation.temperature, reduction="sum", impl=c.impl,
+                )  # fmt: skip
+                out.loss.backward()  # a non-finite loss is caught below, before any update
+                delta = ref_logp - out.logp if ref_logp is not None else torch.zeros(1)  # [k]
+                totals = torch.stack([
+                    out.loss.detach().float().cpu(), out.clipped.float().sum().cpu(),
+                    (delta.exp() - delta - 1).sum().float().cpu(), batch.attention_mask.sum().float().cpu(),
+                ])  # fmt: skip
+                old_logp = out.logp if old_logp is None else old_logp  # [k] fp32, detached
+            summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
+            self._check_finite("loss", summed[0], step)
+            max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+            self._check_finite("gradient norm", grad_norm, step)
+            self.optimizer.step()
+            self.scheduler.step()
+        self.model.eval()
+        stats["loss"] = float(summed[0])
+        stats["grad_norm"] = float(grad_norm)
+        stats["clip_frac"] = float(summed[1]) / selected
+        stats["forward_tokens"] = int(summed[3])
+        if c.beta > 0:
+            stats["kl"] = float(summed[2]) / selected
+        return stats
+
+    @torch.no_grad()
+    def reference_logp(self, batch: PackedBatch, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log-probs of the selected tokens under the base model (adapter disabled, eval mode): [k] fp32."""
+        self.model.eval()
+        with self.model.disable_adapter():
+            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
+        flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
+        temperature = self.config.generation.temperature
+        return linear_logprob(flat, self.head, targets, index, temperature=temperature, impl=self.config.impl)
+
+    def _check_finite(self, what: str, value: torch.Tensor, step: int) -> None:
+        if bool(torch.isfinite(value)):
+            return
+        path = self._save()
+        raise NonFiniteLossError(
+            f"non-finite {what} ({float(value)}) at step {step + 1}; stopped without applying it. State saved "
+            f"to {path}. Try a lower --lr, a smaller --max-grad-norm, or --dtype float32; resume with --resume."
+        )
