@@ -5,21 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokrl.algorithms.base import AlgoConfig, Algorithm
+from tokrl.registry import register_in
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 
 def register_algorithm(name: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
     """Class decorator: `@register_algorithm("t-spmo")` makes the class available to `get_algorithm`."""
-
-    def decorate(cls: type[Algorithm]) -> type[Algorithm]:
-        if name in ALGORITHMS and ALGORITHMS[name] is not cls:
-            raise ValueError(f"algorithm {name!r} is already registered to {ALGORITHMS[name].__name__}")
-        cls.name = name
-        ALGORITHMS[name] = cls
-        return cls
-
-    return decorate
+    return register_in(ALGORITHMS, "algorithm", name)
 
 
 def get_algorithm(name: str, config: AlgoConfig | None = None) -> Algorithm:

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from tokrl.registry import register_in
 from tokrl.tasks.base import Task
 
 TASKS: dict[str, type[Task]] = {}
@@ -15,15 +16,7 @@ T = TypeVar("T", bound=type[Task])
 
 def register_task(name: str) -> Callable[[T], T]:
     """Class decorator: `@register_task("svamp")` makes the Task subclass available to `get_task`."""
-
-    def decorate(cls: T) -> T:
-        if name in TASKS and TASKS[name] is not cls:
-            raise ValueError(f"task {name!r} is already registered to {TASKS[name].__name__}")
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return decorate
+    return register_in(TASKS, "task", name)
 
 
 def get_task(name: str, **options: Any) -> Task:
