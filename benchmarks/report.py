@@ -76,6 +76,10 @@ def _ratio(base: float | None, value: float | None) -> str:
     return f"{base / value:.2f}x"
 
 
+def _share(value: float | None, base: float | None) -> str:
+    return f" ({value / base:.0%})" if value is not None and base else ""
+
+
 def _is_cpu(recs: list[dict]) -> bool:
     return bool(recs) and all(str(r.get("device", "")).lower() == "cpu" for r in recs)
 
@@ -127,6 +131,13 @@ def group_table(group: str, recs: list[dict]) -> list[str]:
         )
     if any(by_provider[p].get("tflops") is not None for p in providers):
         rows.append(("TFLOP/s (effective)", [_num(by_provider[p].get("tflops")) for p in providers]))
+    if any(by_provider[p].get("forward_tokens") is not None for p in providers):
+        base_tokens = base.get("forward_tokens") if base else None
+        rows.append((
+            "forward tokens (share of naive)",
+            [_num(by_provider[p].get("forward_tokens")) + _share(by_provider[p].get("forward_tokens"), base_tokens)
+             for p in providers],
+        ))  # fmt: skip
     if len({by_provider[p].get("n_selected") for p in providers}) > 1:
         rows.append(("selected rows", [str(by_provider[p].get("n_selected", MISSING)) for p in providers]))
     lines = [f"### {group}", "", "| | " + " | ".join(providers) + " |", "|---|" + "---:|" * len(providers)]

@@ -1,20 +1,27 @@
-"""End-to-end step: forward to the loss, loss, backward, for one GRPO batch; time and peak memory per method.
+"""End-to-end update step at the paper's shape: forward to the loss, loss, backward; time, update peak memory
+and forward tokens per method, with gradient checkpointing off and on.
 
 The model: on CUDA, the Qwen2-1.5B architecture built from its config with random weights (bf16, no
-download, gradient checkpointing OFF, sdpa attention); on CPU, tokrl's tiny Qwen2 model (fp32). Both with
-LoRA r=16 (alpha 32, dropout 0.05, q/k/v/o/gate/up/down), as in the paper. The batch: 4 prompts x 8
-completions of 256 tokens after a 32-token prompt, random token ids and random 0/1 rewards from a fixed
-seed. Completions branch off earlier completions of their group at random depths, so prefixes are shared
-as in real sampling and T-SPMO finds branching points deeper than the first token.
+download, sdpa attention); on CPU, tokrl's tiny Qwen2 model (fp32). Both with LoRA r=16 (alpha 32,
+dropout 0.05, q/k/v/o/gate/up/down), as in the paper. The batch is the paper preset's: 4 prompts x 8
+completions of 200 tokens after a SVAMP-length prompt (48 tokens), random token ids and random 0/1
+rewards from a fixed seed. Completions branch off an earlier completion of their group at a depth drawn
+from an exponential distribution with mean BRANCH_MEAN tokens (sampled completions of one prompt share
+their first tokens and drift apart early), so T-SPMO finds branching points as in real groups.
 
-The real algorithms choose the rows (`process_group`); weights are divided by the batch's norm_units,
-as the trainer does. Variants:
-- grpo_naive    the model's forward with full [B, L, V] logits, fp32 log_softmax, gather at the selected
-                rows, `tokrl_kernels.reference.pg_epilogue`: what full-token GRPO costs with TRL today.
-- grpo_tokrl    `tokrl.models.hidden_states` (no logits) + `tokrl_kernels.linear_pg_loss` at every token.
-- s-grpo_tokrl  the same at S-GRPO's rows, forward truncated after the last selected position.
-- t-spmo_tokrl  the same at T-SPMO's (prefix, next token) rows, forward truncated likewise.
-`linear_pg_loss` runs with impl="auto": Triton on CUDA, the PyTorch twin on CPU.
+The rows come from the real algorithms (`process_group`), and the tokrl variants run the trainer's own
+update path: `tokrl.rollout.pack_loss_batch` (only completions with a selected token, each cut after its
+own last selected position, left-padded into one batch), `tokrl.models.hidden_states` (no logits) and
+`tokrl_kernels.linear_pg_loss` (impl="auto": Triton on CUDA, the PyTorch twin on CPU). Variants:
+- grpo_naive           the model's forward with full [B, L, V] logits, fp32 log_softmax, gather at every
+                       completion token, `tokrl_kernels.reference.pg_epilogue`: full-token GRPO as TRL did it.
+- grpo_tokrl           every completion token with tokrl.
+- s-grpo_tokrl         S-GRPO's default (sequential) rule: alpha 25, k 50, P 0.5 -> last pick near position 75.
+- s-grpo-spread_tokrl  S-GRPO's earlier spread rule: picks over the whole completion.
+- t-spmo_tokrl         T-SPMO's (prefix, next token) rows.
+`extra_info` adds `forward_tokens` (real tokens the forward ran over), `forward_padded` (rows x padded
+length: what compute and activations scale with) and `grad_checkpointing`. Peak memory is MiB above what
+was allocated before the call (the model's weights and the batch), so it is the update's own memory.
 
 Before timing, every tokrl variant's loss and LoRA gradients are checked against the full-logits path on
 the same rows (dropout off for the check), so a wrong selection-to-row mapping or truncation fails.
@@ -30,14 +37,24 @@ import torch
 from bench_utils import DEVICE, ON_CUDA, check_close, extra_info, peak_mib, rounds, sync
 
 import tokrl_kernels
-from tokrl.algorithms import Group, get_algorithm
+from tokrl.algorithms import AlgoConfig, Group, get_algorithm
 from tokrl.models import apply_lora, build_tiny_model, hidden_states, lm_head_weight
+from tokrl.rollout import LossRows, gather_rows, pack_loss_batch
 from tokrl_kernels.reference import pg_epilogue
 
-PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 4, 8, 32, 256
+PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 4, 8, 48, 200
+BRANCH_MEAN = 16.0  # mean depth (tokens) at which a completion leaves the one it shares a prefix with
 LORA_R = 16
+PAD_ID = 0
 TOL = 5e-2 if ON_CUDA else 1e-4  # relative L2 error of loss and LoRA gradients against the full-logits path
-VARIANTS = ("grpo_naive", "grpo_tokrl", "s-grpo_tokrl", "t-spmo_tokrl")
+# variant -> (algorithm, options); "_naive" variants use the full-logits loss on that algorithm's rows
+VARIANTS = {
+    "grpo_naive": ("grpo", {}),
+    "grpo_tokrl": ("grpo", {}),
+    "s-grpo_tokrl": ("s-grpo", {"selection": "sequential"}),
+    "s-grpo-spread_tokrl": ("s-grpo", {"selection": "spread"}),
+    "t-spmo_tokrl": ("t-spmo", {}),
+}
 
 
 def _build_model() -> tuple[torch.nn.Module, str]:
@@ -52,7 +69,7 @@ def _build_model() -> tuple[torch.nn.Module, str]:
         torch.manual_seed(0)
         with torch.device(DEVICE):
             model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-        name = "qwen2-1.5b-arch (random weights, bf16, grad ckpt off)"
+        name = "qwen2-1.5b-arch (random weights, bf16)"
     else:
         model, _tokenizer = build_tiny_model(seed=0)
         name = "tokrl tiny qwen2 (fp32)"
@@ -61,76 +78,76 @@ def _build_model() -> tuple[torch.nn.Module, str]:
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # [B, P + C] int64
-    attention_mask: torch.Tensor  # [B, P + C]
-    rows: dict[str, dict[str, torch.Tensor]]  # algorithm -> {"sequence", "position", "token", "advantage", "weight"}
+    prompts: list[list[int]]  # B prompt rows (B = PROMPTS * GROUP)
+    completions: list[list[int]]  # B completion rows
+    input_ids: torch.Tensor  # [B, P + C] int64: every prompt + completion (no padding: equal lengths)
+    rows: dict[str, LossRows]  # variant's algorithm -> its selected rows, weights normalised as the trainer does
 
 
 def _completions(gen: torch.Generator, vocab: int) -> list[list[int]]:
-    """G completions of COMPLETION_LEN tokens; each after the first copies a prefix of an earlier one."""
+    """G completions of COMPLETION_LEN tokens; each after the first copies an earlier one's first d tokens."""
     group: list[list[int]] = []
     for i in range(GROUP):
-        fresh = torch.randint(0, vocab, (COMPLETION_LEN,), generator=gen).tolist()
+        fresh = torch.randint(1, vocab, (COMPLETION_LEN,), generator=gen).tolist()
         if i == 0:
             group.append(fresh)
             continue
         parent = group[int(torch.randint(0, i, (1,), generator=gen))]
-        cut = int(torch.randint(0, COMPLETION_LEN, (1,), generator=gen))
+        depth = int(torch.empty(1).exponential_(1.0 / BRANCH_MEAN, generator=gen))
+        cut = min(depth, COMPLETION_LEN - 1)
         group.append(parent[:cut] + fresh[cut:])
     return group
 
 
 def _make_batch(vocab: int) -> Batch:
     gen = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, vocab, (PROMPTS, PROMPT_LEN), generator=gen)  # [Q, P]
+    prompt_rows = torch.randint(1, vocab, (PROMPTS, PROMPT_LEN), generator=gen).tolist()  # Q x P
     groups = []
     for q in range(PROMPTS):
         rewards = (torch.rand(GROUP, generator=gen) < 0.5).float().tolist()
         rewards[0], rewards[1] = 1.0, 0.0  # every group carries signal
         groups.append(Group(_completions(gen, vocab), rewards, prompt_key=f"prompt-{q}"))
-    completions = torch.tensor([c for g in groups for c in g.completions])  # [B, C]
-    input_ids = torch.cat([prompts.repeat_interleave(GROUP, dim=0), completions], dim=1)  # [B, P + C]
+    prompts = [prompt_rows[q] for q in range(PROMPTS) for _ in range(GROUP)]
+    completions = [c for g in groups for c in g.completions]
+    input_ids = torch.tensor([p + c for p, c in zip(prompts, completions, strict=True)], device=DEVICE)
     rows = {}
-    for algo_name in ("grpo", "s-grpo", "t-spmo"):
-        algo = get_algorithm(algo_name)
+    for variant, (algo_name, options) in VARIANTS.items():
+        algo = get_algorithm(algo_name, AlgoConfig(**options))
         algo_gen = torch.Generator().manual_seed(1)
-        selections = [algo.process_group(g, algo_gen) for g in groups]
-        norm = max(sum(s.norm_units for s in selections), 1.0)
-        rows[algo_name] = {
-            "sequence": torch.cat([s.completion + q * GROUP for q, s in enumerate(selections)]),  # [k]
-            "position": torch.cat([s.position for s in selections]),  # [k]
-            "token": torch.cat([s.token for s in selections]),  # [k]
-            "advantage": torch.cat([s.advantage for s in selections]),  # [k] fp32
-            "weight": torch.cat([s.weight for s in selections]) / norm,  # [k] fp32
-        }
-        rows[algo_name] = {key: value.to(DEVICE) for key, value in rows[algo_name].items()}
-    return Batch(input_ids.to(DEVICE), torch.ones_like(input_ids, device=DEVICE), rows)
+        rows[variant] = gather_rows([algo.process_group(g, algo_gen) for g in groups], GROUP)
+    return Batch(prompts, completions, input_ids, rows)
 
 
-def _naive_loss(model: torch.nn.Module, batch: Batch, sel: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # [B,L,V]
+def _naive_loss(model: torch.nn.Module, batch: Batch, rows: LossRows) -> torch.Tensor:
+    ids = batch.input_ids
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits  # [B, L, V]
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V] fp32
     # Completion token t is predicted from the hidden state at prompt_len + t - 1.
-    logp = logprobs[sel["sequence"], PROMPT_LEN + sel["position"] - 1, sel["token"]]  # [k]
+    seq, pos = rows.row.to(DEVICE), rows.position.to(DEVICE)  # [k], [k]
+    logp = logprobs[seq, PROMPT_LEN + pos - 1, rows.token.to(DEVICE)]  # [k]
     loss_rows, _clipped = pg_epilogue(
-        logp, sel["advantage"], None, None, sel["weight"], eps_low=0.2, eps_high=0.2, beta=0.0
+        logp, rows.advantage.to(DEVICE), None, None, rows.weight.to(DEVICE), eps_low=0.2, eps_high=0.2, beta=0.0
     )  # [k]
     return loss_rows.sum()
 
 
-def _tokrl_loss(model: torch.nn.Module, batch: Batch, sel: dict[str, torch.Tensor]) -> torch.Tensor:
-    length = PROMPT_LEN + int(sel["position"].max())  # the forward stops after the last selected position
-    hidden = hidden_states(model, batch.input_ids[:, :length], batch.attention_mask[:, :length])  # [B, L', D]
-    index = sel["sequence"] * length + PROMPT_LEN + sel["position"] - 1  # [k] rows of the flattened hidden
+def _tokrl_loss(model: torch.nn.Module, batch: Batch, rows: LossRows) -> torch.Tensor:
+    packed, index = pack_loss_batch(batch.prompts, batch.completions, rows, PAD_ID, DEVICE)  # [B', L'], [k]
+    hidden = hidden_states(model, packed.input_ids, packed.attention_mask)  # [B', L', D]
     out = tokrl_kernels.linear_pg_loss(
-        hidden.reshape(-1, hidden.shape[-1]), lm_head_weight(model), sel["token"], sel["advantage"], index,
-        weights=sel["weight"],
+        hidden.reshape(-1, hidden.shape[-1]), lm_head_weight(model), rows.token.to(DEVICE),
+        rows.advantage.to(DEVICE), index, weights=rows.weight.to(DEVICE),
     )  # fmt: skip
     return out.loss
 
 
-def _algorithm(variant: str) -> str:
-    return variant.split("_")[0]
+def _forward_tokens(batch: Batch, variant: str) -> tuple[int, int]:
+    """(real tokens, rows x padded length) of the variant's loss forward."""
+    if variant.endswith("_naive"):
+        n = batch.input_ids.numel()
+        return n, n
+    packed, _index = pack_loss_batch(batch.prompts, batch.completions, batch.rows[variant], PAD_ID, "cpu")
+    return int(packed.attention_mask.sum()), packed.input_ids.numel()
 
 
 def _loss_fn(variant: str):
@@ -155,33 +172,42 @@ def _check(model: torch.nn.Module, batch: Batch, variant: str) -> None:
     """The variant's loss and LoRA gradients equal the full-logits path's on the same rows."""
     if variant.endswith("_naive"):
         return  # it is the reference
-    sel = batch.rows[_algorithm(variant)]
+    rows = batch.rows[variant]
     model.eval()  # no dropout: both passes must see the same network
     results = []
     for fn in (_naive_loss, _tokrl_loss):
         model.zero_grad(set_to_none=True)
-        loss = fn(model, batch, sel)
+        loss = fn(model, batch, rows)
         loss.backward()
         results.append((loss.detach(), _lora_grads(model)))
     model.zero_grad(set_to_none=True)
     model.train()
     (want_loss, want_grad), (got_loss, got_grad) = results
-    scale = float((sel["weight"] * sel["advantage"].abs()).sum())
+    scale = float((rows.weight * rows.advantage.abs()).sum())
     err = abs(float(got_loss) - float(want_loss)) / scale
     assert err <= TOL, f"{variant}: loss error {err:.3e} (relative to sum |w*A|) > {TOL:.1e}"
     check_close(f"{variant} LoRA grads", got_grad, want_grad, TOL)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_train_step(benchmark, variant: str) -> None:
+def _set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["ckpt_off", "ckpt_on"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_train_step(benchmark, variant: str, checkpointing: bool) -> None:
     model, model_name, batch = _setup()
+    _set_checkpointing(model, checkpointing)
     _check(model, batch, variant)
-    sel = batch.rows[_algorithm(variant)]
+    rows = batch.rows[variant]
     loss_fn = _loss_fn(variant)
     model.train()
 
     def step() -> torch.Tensor:
-        loss = loss_fn(model, batch, sel)
+        loss = loss_fn(model, batch, rows)
         loss.backward()
         sync()
         return loss.detach()
@@ -189,16 +215,25 @@ def test_train_step(benchmark, variant: str) -> None:
     def clear_grads() -> None:
         model.zero_grad(set_to_none=True)
 
-    clear_grads()
-    peak, seconds = peak_mib(step)
-    benchmark.group = f"train_step {model_name} {PROMPTS}x{GROUP}x{COMPLETION_LEN} LoRA r={LORA_R}"
-    benchmark.pedantic(step, setup=clear_grads, iterations=1, **rounds(seconds))
-    clear_grads()
+    try:
+        clear_grads()
+        peak, seconds = peak_mib(step)
+        benchmark.group = (
+            f"train_step {model_name} {PROMPTS}x{GROUP}x{COMPLETION_LEN} prompt {PROMPT_LEN} LoRA r={LORA_R} "
+            f"grad ckpt {'on' if checkpointing else 'off'}"
+        )
+        benchmark.pedantic(step, setup=clear_grads, iterations=1, **rounds(seconds))
+        clear_grads()
+    finally:
+        _set_checkpointing(model, False)
     head = lm_head_weight(model)
+    real, padded = _forward_tokens(batch, variant)
     info = extra_info(
         provider=variant, mode="train_step", n_rows=PROMPTS * GROUP * COMPLETION_LEN,
-        n_selected=int(sel["token"].numel()), hidden=head.shape[1], vocab=head.shape[0], dtype=head.dtype,
+        n_selected=len(rows), hidden=head.shape[1], vocab=head.shape[0], dtype=head.dtype,
         peak_mem_mib=peak, tflops=None,
     )  # fmt: skip
-    info.update(model=model_name, lora_r=LORA_R, grad_checkpointing=False)
+    info.update(
+        model=model_name, lora_r=LORA_R, grad_checkpointing=checkpointing, forward_tokens=real, forward_padded=padded
+    )
     benchmark.extra_info.update(info)

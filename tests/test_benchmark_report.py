@@ -105,6 +105,17 @@ def test_train_step_table_uses_the_naive_variant_and_lists_selected_rows(report)
     assert cells["x naive (time)"] == ["1.00x", "4.00x"]
     assert cells["x naive (memory)"] == ["1.00x", "10.00x"]
     assert cells["selected rows"] == ["4096", "40"]
+    assert "forward tokens (share of naive)" not in cells  # only shown when the benchmarks record it
+
+
+def test_train_step_table_shows_forward_tokens_as_a_share_of_naive(report):
+    data = _data()
+    for bench in data["benchmarks"]:
+        if bench["extra_info"].get("mode") == "train_step":
+            naive = bench["extra_info"]["provider"] == "grpo_naive"
+            bench["extra_info"]["forward_tokens"] = 8000 if naive else 2000
+    cells = {row[0]: row[1:] for row in _table(report.render(data), "train_step tiny")[2:]}
+    assert cells["forward tokens (share of naive)"] == ["8000 (100%)", "2000 (25%)"]
 
 
 def test_selected_fraction_scaling(report):

@@ -105,6 +105,9 @@ def test_unknown_key_suggests_close_matches():
         ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"lr_scheduler": "cosin"}, r"lr_scheduler: unknown 'cosin' \(did you mean 'cosine'\?\)"),
         ({"output_dir": "runs/{nope}"}, "output_dir: bad placeholder"),
+        ({"loss_micro_batch": -1}, "loss_micro_batch: must be >= 0"),
+        ({"selection": "sequentail"}, r"selection: unknown 'sequentail' \(did you mean 'sequential'\?\)"),
+        ({"keep_prob": 0.0, "algorithm": "t-spmo"}, r"keep_prob: must be in \(0, 1\]"),
     ],
 )
 def test_batch_arithmetic_and_ranges(overrides, message):

@@ -8,9 +8,20 @@ appends to the same file. Keys of a train record (all per step):
     selected_tokens              loss rows the algorithm selected (before any forward)
     loss, grad_norm, clip_frac   the optimised loss (last iteration), pre-clip gradient norm, PPO clipped rows
     kl                           mean k3 KL to the adapter-free model over the loss rows (beta > 0 only)
+    forward_tokens               tokens the loss forward ran over (prompt + completion up to each row's last
+                                 selected position, all micro-batches; what the update's activations scale with)
+    gen_peak_mem_mib             peak memory of sampling the step's rollouts
+    update_peak_mem_mib          peak memory of the update: reference log-probs, loss forward(s), backward(s),
+                                 optimiser step (reset just before it)
+    peak_mem_mib                 the larger of the two: the step's peak
+Memory on CUDA is the caching allocator's peak allocated bytes (torch.cuda.max_memory_allocated, weights
+included) since the phase began. On CPU it is the process's peak resident set size (VmHWM) since the phase
+began, reset through /proc/self/clear_refs on Linux: it counts everything the process holds (Python, the
+model, libraries), not tensors alone. Where that reset is not available (not Linux) it is the peak since the
+process started (ru_maxrss), which never decreases.
 In a multi-process run every value is over the global batch (rank 0 writes; step_time_s is rank 0's,
-gen_tokens_per_s is all ranks' tokens over the slowest rank's generate time, peak_mem_mib the largest rank's).
-    lr, step_time_s, gen_tokens_per_s, peak_mem_mib
+gen_tokens_per_s is all ranks' tokens over the slowest rank's generate time, memory the largest rank's).
+    lr, step_time_s, gen_tokens_per_s
 """
 
 from __future__ import annotations
@@ -36,10 +47,31 @@ def reward_stats(rewards: Sequence[float | None]) -> tuple[float, float]:
     return mean, math.sqrt(sum((r - mean) ** 2 for r in valid) / len(valid))
 
 
+_PROC_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory_mib`: the CUDA allocator's peak, or the process's RSS peak (Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        _CLEAR_REFS.write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass  # not Linux, or not permitted: the peak stays the process's lifetime peak (see the module doc)
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak allocated CUDA memory on `device`, else the process's peak resident set size, in MiB."""
+    """Peak memory in MiB since `reset_peak_memory(device)`: CUDA allocated bytes, else the process's RSS peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 

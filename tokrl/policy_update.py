@@ -9,12 +9,19 @@ tokens were drawn from) straight from hidden rows and the LM head weight: [k, V]
 num_iterations > 1 repeats loss/backward/step on the same rows with the first iteration's log-probs as
 pi_old (PPO ratio and clipping). beta > 0 reads the reference log-probs from the same model with the LoRA
 adapter disabled.
+
+Micro-batches (`loss_micro_batch` = m > 0): the B' forward rows are taken longest first, m at a time; each
+micro-batch runs its own forward, loss on its selected rows and backward, and the gradients add up. The
+weights are divided by the whole batch's norm_units before the split, so the summed loss and gradients are
+those of one forward over all rows (up to float rounding and LoRA dropout masks): only the activations of
+m rows are alive at once, which bounds the update's memory by m x the longest row whatever the batch is.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +29,23 @@ import torch
 
 from tokrl import distributed
 from tokrl.config import TrainConfig
+from tokrl.metrics import peak_memory_mib, reset_peak_memory
 from tokrl.models import hidden_states, lm_head_weight
 from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch
 from tokrl_kernels import linear_logprob, linear_pg_loss
+
+
+@dataclass
+class _Part:
+    """One micro-batch: its forward batch, flat hidden-row index [k_j], targets [k_j], its rows of the step's
+    LossRows, reference log-probs [k_j] (beta > 0) and, after the first iteration, its pi_old log-probs [k_j]."""
+
+    batch: PackedBatch
+    index: torch.Tensor
+    targets: torch.Tensor
+    rows: LossRows
+    ref_logp: torch.Tensor | None
+    old_logp: torch.Tensor | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,36 +98,18 @@ class PolicyUpdate:
         (num_iterations times); returns the step's loss statistics. `selected`: the global number of rows
         (another rank may hold all of them, then this rank only joins the gradient sum)."""
         c = self.config
+        reset_peak_memory(self.device)
         stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "forward_tokens": 0}
         if selected == 0:
             self.skip()
-            return stats
-        if len(rows) > 0:
-            batch, index = pack_loss_batch(prompts, completions, rows, self.pad_id, self.device)
-            targets = rows.token.to(self.device)  # [k]
-            advantages = rows.advantage.to(self.device)  # [k]
-            weights = rows.weight.to(self.device)  # [k]
-            ref_logp = self.reference_logp(batch, index, targets) if c.beta > 0 else None  # [k] | None
-        old_logp = None  # iteration 0: pi_old = pi_theta (ratio 1); later: iteration 0's log-probs
+            return {**stats, "update_peak_mem_mib": self._peak_mib()}
+        micro = self._micro_batches(prompts, completions, rows)
         totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
-        self.model.train()  # LoRA dropout is active in the loss forward
-        for _ in range(c.num_iterations):
+        for it in range(c.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            if len(rows) > 0:
-                hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
-                flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
-                out = linear_pg_loss(
-                    flat, self.head, targets, advantages, index, old_logp=old_logp, ref_logp=ref_logp,
-                    weights=weights, eps_low=c.eps_low, eps_high=c.eps_high, beta=c.beta,
-                    temperature=c.generation.temperature, reduction="sum", impl=c.impl,
-                )  # fmt: skip
-                out.loss.backward()  # a non-finite loss is caught below, before any update
-                delta = ref_logp - out.logp if ref_logp is not None else torch.zeros(1)  # [k]
-                totals = torch.stack([
-                    out.loss.detach().float().cpu(), out.clipped.float().sum().cpu(),
-                    (delta.exp() - delta - 1).sum().float().cpu(), batch.attention_mask.sum().float().cpu(),
-                ])  # fmt: skip
-                old_logp = out.logp if old_logp is None else old_logp  # [k] fp32, detached
+            totals = torch.zeros(4)
+            for part in micro:
+                totals += self._loss_backward(part, first_iteration=it == 0)
             summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
             self._check_finite("loss", summed[0], step)
             max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
@@ -121,7 +124,53 @@ class PolicyUpdate:
         stats["forward_tokens"] = int(summed[3])
         if c.beta > 0:
             stats["kl"] = float(summed[2]) / selected
-        return stats
+        return {**stats, "update_peak_mem_mib": self._peak_mib()}
+
+    def _micro_batches(self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows) -> list[_Part]:
+        """This rank's rows split into micro-batches of at most `loss_micro_batch` forward rows, longest first
+        (one part holding every row when it is 0); the reference log-probs are read here when beta > 0."""
+        if len(rows) == 0:
+            return []
+        active, packed_row = torch.unique(rows.row, return_inverse=True)  # [B'], [k]
+        cut = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")
+        lengths = cut + torch.tensor([len(prompts[b]) for b in active.tolist()])  # [B'] forward tokens per row
+        order = torch.argsort(lengths, descending=True, stable=True)  # [B'] longest first
+        size = self.config.loss_micro_batch or len(active)
+        parts = []
+        for chunk in order.split(size):
+            members = torch.zeros(len(active), dtype=torch.bool)
+            members[chunk] = True
+            keep = members[packed_row].nonzero().squeeze(1)  # [k_j] this part's rows of `rows`
+            part_rows = rows.select(keep)
+            batch, index = pack_loss_batch(prompts, completions, part_rows, self.pad_id, self.device)
+            targets = part_rows.token.to(self.device)  # [k_j]
+            ref_logp = self.reference_logp(batch, index, targets) if self.config.beta > 0 else None  # [k_j] | None
+            parts.append(_Part(batch, index, targets, part_rows, ref_logp))
+        return parts
+
+    def _loss_backward(self, part: _Part, first_iteration: bool) -> torch.Tensor:
+        """Forward, fused loss and backward of one micro-batch; returns its [loss, clipped, kl sum, tokens]."""
+        c = self.config
+        self.model.train()  # LoRA dropout is active in the loss forward
+        hidden = hidden_states(self.model, part.batch.input_ids, part.batch.attention_mask)  # [b, L, D]
+        flat = hidden.reshape(-1, hidden.shape[-1])  # [b * L, D]
+        out = linear_pg_loss(
+            flat, self.head, part.targets, part.rows.advantage.to(self.device), part.index, old_logp=part.old_logp,
+            ref_logp=part.ref_logp, weights=part.rows.weight.to(self.device), eps_low=c.eps_low, eps_high=c.eps_high,
+            beta=c.beta, temperature=c.generation.temperature, reduction="sum", impl=c.impl,
+        )  # fmt: skip
+        out.loss.backward()  # a non-finite loss is caught after the gradient sum, before any update
+        if first_iteration:
+            part.old_logp = out.logp  # [k_j] fp32, detached: pi_old of later iterations
+        delta = part.ref_logp - out.logp if part.ref_logp is not None else torch.zeros(1)  # [k_j]
+        return torch.stack([
+            out.loss.detach().float().cpu(), out.clipped.float().sum().cpu(),
+            (delta.exp() - delta - 1).sum().float().cpu(), part.batch.attention_mask.sum().float().cpu(),
+        ])  # fmt: skip
+
+    def _peak_mib(self) -> float:
+        """This update's peak memory, the largest over ranks."""
+        return float(distributed.all_reduce_max(torch.tensor([peak_memory_mib(self.device)]))[0])
 
     @torch.no_grad()
     def reference_logp(self, batch: PackedBatch, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

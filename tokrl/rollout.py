@@ -219,6 +219,10 @@ class LossRows:
     def __len__(self) -> int:
         return int(self.row.numel())
 
+    def select(self, keep: torch.Tensor) -> LossRows:
+        """The rows at positions `keep` ([k'] int64), in that order."""
+        return LossRows(self.row[keep], self.position[keep], self.token[keep], self.advantage[keep], self.weight[keep])
+
 
 def gather_rows(selections: list[GroupSelection], group_size: int, units: float | None = None) -> LossRows:
     """Concatenate the groups' selections; weights divided by max(units, 1), where units is the batch's

@@ -5,8 +5,9 @@ One step (everything random is seeded from (seed, step), so a resumed run repeat
     -> rollout_prefix per prompt (T-SPMO replay; [] otherwise) -> G sampled completions per prompt
     -> rewards (Task.reward on prefix + completion text) -> Group per prompt
     -> Algorithm.process_group: selected (completion, position, token, advantage, weight); observe
-    -> one packed forward of the completions that own a selected token, each cut after its last selected
-       position, to the final hidden states (train mode: LoRA dropout is active in the loss forward)
+    -> packed forwards (micro-batches of `loss_micro_batch` rows, or one) of the completions that own a
+       selected token, each cut after its last selected position, to the final hidden states (train mode:
+       LoRA dropout is active in the loss forward)
     -> linear_pg_loss on the selected rows of the flattened hidden states, temperature = the sampling
        temperature (so pi_theta is the distribution the tokens were drawn from), weights divided by the
        batch's total norm_units -> backward -> gradient clipping -> AdamW and scheduler step
@@ -50,7 +51,7 @@ from tokrl.checkpoint import (
 )
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.evaluate import evaluate
-from tokrl.metrics import MetricsLog, peak_memory_mib, reward_stats
+from tokrl.metrics import MetricsLog, peak_memory_mib, reset_peak_memory, reward_stats
 from tokrl.models import apply_lora, load_model, trainable_parameter_count
 from tokrl.policy_update import PolicyUpdate
 from tokrl.rollout import (
@@ -246,11 +247,12 @@ class Trainer:
         """One RL step (0-based `step`); returns its metrics (over the global batch)."""
         c, start = self.config, time.perf_counter()
         generators = [torch.Generator().manual_seed(stream_seed(c.seed, step, 2 * j + 2)) for j in self.local_prompts()]
+        reset_peak_memory(self.device)
         out, groups, prefixes = self.rollout(step, generators)
         selections = [self.algorithm.process_group(group, gen) for group, gen in zip(groups, generators, strict=True)]
         local = {
             "groups": groups, "prefix_lens": [len(p) for p in prefixes], "zero_std": [s.zero_std for s in selections],
-            "seconds": out.seconds, "tokens": out.generated_tokens, "peak_mem_mib": peak_memory_mib(self.device),
+            "seconds": out.seconds, "tokens": out.generated_tokens, "gen_peak_mem_mib": peak_memory_mib(self.device),
         }  # fmt: skip
         shards = distributed.all_gather_object(local)  # rank order = global prompt order
         everyone = [group for shard in shards for group in shard["groups"]]
@@ -260,6 +262,7 @@ class Trainer:
         units, selected = distributed.all_reduce_sum(counts).tolist()  # global norm_units and selected tokens
         rows = gather_rows(selections, c.generation.num_generations, units=units)
         stats = self.update.apply(out.prompts, out.completions, rows, step, int(selected))
+        gen_peak = max(s["gen_peak_mem_mib"] for s in shards)
         mean, std = reward_stats([r for group in everyone for r in group.rewards])
         completions = [comp for group in everyone for comp in group.completions]
         prefix_lens = [n for shard in shards for n in shard["prefix_lens"]]
@@ -277,7 +280,8 @@ class Trainer:
             "lr": self.update.lr,
             "step_time_s": time.perf_counter() - start,
             "gen_tokens_per_s": sum(s["tokens"] for s in shards) / max(max(s["seconds"] for s in shards), 1e-9),
-            "peak_mem_mib": max(s["peak_mem_mib"] for s in shards),
+            "gen_peak_mem_mib": gen_peak,
+            "peak_mem_mib": max(gen_peak, stats["update_peak_mem_mib"]),
         }
 
     # ------------------------------------------------------------------------------------ eval and save

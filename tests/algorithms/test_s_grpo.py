@@ -18,8 +18,8 @@ def rows_of(sel, g):
     return [sel.position[sel.completion == i].tolist() for i in range(g)]
 
 
-def test_hand_computed_with_cap():
-    # alpha = 2, max_tokens = 3.
+def test_hand_computed_with_cap_spread():
+    # The spread rule, alpha = 2, max_tokens = 3.
     # o0 = 5 6 7 EOS (L=4): p = min(1, 2 / 2) = 1 selects 0..3, 4 > 3 so keep 0, 1 and one of {2, 3}.
     # o1 = 5 8 (L=2 <= alpha): positions 0, 1.   o2 = 9 EOS EOS (L=3): p = min(1, 2/1) = 1, positions 0, 1, 2.
     # R = [1, 0, 0]: A = [1.1545006, -0.5772503, -0.5772503] (as in GRPO: sample std 0.5773503).
@@ -27,7 +27,7 @@ def test_hand_computed_with_cap():
     group = Group([[5, 6, 7, EOS], [5, 8], [9, EOS, EOS]], [1.0, 0.0, 0.0])
     seen_third = set()
     for seed in range(40):
-        sel = process(group, seed=seed, alpha=2, max_tokens=3)
+        sel = process(group, seed=seed, alpha=2, max_tokens=3, selection="spread")
         r0, r1, r2 = rows_of(sel, 3)
         assert r0[:2] == [0, 1] and len(r0) == 3 and r0[2] in (2, 3)
         seen_third.add(r0[2])
@@ -39,6 +39,32 @@ def test_hand_computed_with_cap():
             group.completions[i][t] for i, t in zip(sel.completion.tolist(), sel.position.tolist(), strict=True)
         ]
     assert seen_third == {2, 3}  # the kept later position is random
+
+
+def test_hand_computed_sequential():
+    # The sequential rule, alpha = 2, max_tokens = 3, P = 0.5. o0 = 5 6 7 EOS (L=4): 0, 1, then position 2 if its
+    # draw passes, else position 3 if its draw passes, else nothing more: [0,1,2], [0,1,3] or [0,1].
+    # o1 (L=2) and o2 (L=3): 0, 1 always; o2's position 2 with P. Weights 1 / selected per completion.
+    group = Group([[5, 6, 7, EOS], [5, 8], [9, EOS, EOS]], [1.0, 0.0, 0.0])
+    seen = set()
+    for seed in range(60):
+        sel = process(group, seed=seed, alpha=2, max_tokens=3)
+        r0, r1, r2 = rows_of(sel, 3)
+        assert r0 in ([0, 1, 2], [0, 1, 3], [0, 1]) and r1 == [0, 1] and r2 in ([0, 1], [0, 1, 2])
+        seen.add(tuple(r0))
+        want = [1 / len(r0)] * len(r0) + [1 / 2] * 2 + [1 / len(r2)] * len(r2)
+        torch.testing.assert_close(sel.weight, torch.tensor(want))
+        assert sel.norm_units == 3.0
+    assert seen == {(0, 1, 2), (0, 1, 3), (0, 1)}  # each branch of the walk happens
+    # P = 1: every draw passes, so the earliest positions are kept.
+    sel = process(group, seed=0, alpha=2, max_tokens=3, keep_prob=1.0)
+    assert rows_of(sel, 3) == [[0, 1, 2], [0, 1], [0, 1, 2]]
+
+
+@pytest.mark.parametrize(("field", "value"), [("selection", "uniform"), ("keep_prob", 0.0), ("keep_prob", 1.5)])
+def test_bad_selection_options_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        get_algorithm("s-grpo", AlgoConfig(**{field: value}))
 
 
 def test_alpha_at_least_every_length_equals_grpo():

@@ -1,4 +1,5 @@
-"""S-GRPO's position sampling: deterministic cases by hand, then selection statistics over many draws."""
+"""S-GRPO's position sampling under both rules: deterministic cases by hand, then selection statistics over
+many draws ("sequential" is the paper's rule and the default; "spread" is the earlier rule, kept as is)."""
 
 import math
 
@@ -11,9 +12,9 @@ N_DRAWS = 4000
 SIGMAS = 5.0  # a 5-sigma binomial band: a correct sampler fails it about once in 1.7 million checks
 
 
-def draws(length, alpha, max_tokens, seed=0, n=N_DRAWS):
+def draws(length, alpha, max_tokens, seed=0, n=N_DRAWS, rule="spread", keep_prob=0.5):
     gen = torch.Generator().manual_seed(seed)
-    return [sample_positions(length, alpha, max_tokens, gen) for _ in range(n)]
+    return [sample_positions(length, alpha, max_tokens, gen, rule=rule, keep_prob=keep_prob) for _ in range(n)]
 
 
 def check_invariants(pos, length, alpha, max_tokens):
@@ -40,9 +41,24 @@ def binomial_band(p, n):
         (30, 0, 50, []),  # alpha = 0: p = 0 / 30 = 0, nothing
     ],
 )
-def test_deterministic_cases(length, alpha, max_tokens, expected):
+def test_deterministic_cases_spread(length, alpha, max_tokens, expected):
     gen = torch.Generator().manual_seed(1)
-    assert sample_positions(length, alpha, max_tokens, gen).tolist() == expected
+    assert sample_positions(length, alpha, max_tokens, gen, rule="spread").tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("length", "alpha", "max_tokens", "keep_prob", "expected"),
+    [
+        (0, 25, 50, 0.5, []),  # empty completion selects nothing
+        (10, 25, 50, 0.5, list(range(10))),  # shorter than alpha: all of it
+        (30, 10, 4, 0.5, [0, 1, 2, 3]),  # cap below alpha: the cap wins, first 4
+        (80, 25, 50, 1.0, list(range(50))),  # P = 1: every position passes, the first k are kept
+        (40, 0, 3, 1.0, [0, 1, 2]),  # alpha = 0, P = 1: the earliest three
+    ],
+)
+def test_deterministic_cases_sequential(length, alpha, max_tokens, keep_prob, expected):
+    gen = torch.Generator().manual_seed(1)
+    assert sample_positions(length, alpha, max_tokens, gen, keep_prob=keep_prob).tolist() == expected
 
 
 def test_later_positions_follow_p_without_the_cap():
@@ -107,3 +123,55 @@ def test_negative_arguments_are_refused():
         sample_positions(-1)
     with pytest.raises(ValueError):
         sample_positions(10, alpha=-2)
+    with pytest.raises(ValueError, match="rule"):
+        sample_positions(10, rule="uniform")
+    with pytest.raises(ValueError, match="keep_prob"):
+        sample_positions(10, keep_prob=0.0)
+
+
+# ------------------------------------------------------------------------------------ the sequential rule
+
+
+def test_sequential_is_the_default():
+    a = sample_positions(200, 25, 50, torch.Generator().manual_seed(3))
+    b = sample_positions(200, 25, 50, torch.Generator().manual_seed(3), rule="sequential")
+    assert a.tolist() == b.tolist()
+
+
+def test_sequential_keeps_the_earliest_passes():
+    # P(t selected) for t >= alpha = P * P(Binomial(t - alpha, P) < k - alpha): it passes its own draw and fewer
+    # than k - alpha earlier later-positions did. A rule that spreads picks or subsamples uniformly fails this.
+    length, alpha, cap, p = 40, 4, 10, 0.4
+    room = cap - alpha
+    samples = draws(length, alpha, cap, seed=21, rule="sequential", keep_prob=p)
+    hits = torch.zeros(length)
+    counts = []
+    for pos in samples:
+        check_invariants(pos, length, alpha, cap)
+        hits[pos] += 1
+        counts.append(pos.numel())
+    freq = hits / N_DRAWS
+    assert freq[:alpha].tolist() == [1.0] * alpha
+    for t in range(alpha, length):
+        n = t - alpha
+        below = sum(math.comb(n, x) * p**x * (1 - p) ** (n - x) for x in range(min(room, n + 1)))
+        want = p * below
+        assert abs(float(freq[t]) - want) <= binomial_band(want, N_DRAWS), f"position {t}: {float(freq[t])} vs {want}"
+    # The count is min(k, alpha + successes), successes ~ Binomial(L - alpha, P).
+    n_later = length - alpha
+    pmf = [math.comb(n_later, x) * p**x * (1 - p) ** (n_later - x) for x in range(n_later + 1)]
+    mean = sum(min(alpha + x, cap) * q for x, q in enumerate(pmf))
+    var = sum(min(alpha + x, cap) ** 2 * q for x, q in enumerate(pmf)) - mean**2
+    assert abs(sum(counts) / N_DRAWS - mean) <= SIGMAS * math.sqrt(var / N_DRAWS)
+
+
+def test_sequential_last_position_stays_early():
+    # L = 200, alpha = 25, k = 50, P = 0.5: the last selected is position alpha - 1 + T, where T is the trial of
+    # the 25th success (negative binomial, mean 25 / P = 50, sd sqrt(25 (1 - P)) / P = 7.1), so its mean is
+    # 74 = alpha + (k - alpha) / P - 1. Under the spread rule the last pick sits near the end (~190).
+    def mean_last(rule):
+        samples = draws(200, 25, 50, seed=22, n=1000, rule=rule)
+        return sum(int(pos[-1]) for pos in samples) / len(samples)
+
+    assert abs(mean_last("sequential") - 74.0) < 1.5  # sd of the mean ~ 0.22
+    assert mean_last("spread") > 150

@@ -31,8 +31,19 @@ class AlgoConfig:
             "(T-SPMO default) or 'sum'. None picks the algorithm's default."
         },
     )
-    alpha: int = field(default=25, metadata={"help": "S-GRPO: leading tokens always selected; sets later p."})
-    max_tokens: int = field(default=50, metadata={"help": "S-GRPO: at most this many tokens per completion."})
+    alpha: int = field(default=25, metadata={"help": "S-GRPO: leading tokens always selected."})
+    max_tokens: int = field(default=50, metadata={"help": "S-GRPO: at most this many tokens per completion (k)."})
+    selection: str = field(
+        default="sequential",
+        metadata={
+            "help": "S-GRPO rule for positions >= alpha: 'sequential' (the paper's: in order, each kept with "
+            "probability keep_prob until max_tokens) or 'spread' (p = alpha / (L - alpha) over the whole completion)."
+        },
+    )
+    keep_prob: float = field(
+        default=0.5,
+        metadata={"help": "S-GRPO sequential rule: P of keeping each position >= alpha (ours; the paper's is unread)."},
+    )
     replay_prob: float = field(
         default=0.0, metadata={"help": "T-SPMO: probability a group restarts from a stored success's prefix."}
     )

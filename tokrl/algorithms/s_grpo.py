@@ -1,8 +1,9 @@
 """S-GRPO: GRPO's advantages on a stochastic subset of each completion's tokens (`sample_positions`).
 
-Per completion: the first alpha tokens, each later one with p = min(1, alpha / (L - alpha)), at most
-max_tokens in all; weight 1 / (selected tokens of o_i) under the default seq_mean. Completions are drawn
-in group order from the generator the trainer seeds from the run seed and step, so runs reproduce.
+Per completion: the first alpha tokens, then later ones by `selection` (default "sequential": the earliest
+that pass a Bernoulli(keep_prob) draw, the paper's rule), at most max_tokens in all; weight
+1 / (selected tokens of o_i) under the default seq_mean. Completions are drawn in group order from the
+generator the trainer seeds from (seed, step, prompt), so runs reproduce and resume exactly.
 """
 
 from __future__ import annotations
@@ -11,20 +12,26 @@ import torch
 
 from tokrl.algorithms.base import AlgoConfig
 from tokrl.algorithms.registry import register_algorithm
-from tokrl.algorithms.sampling import sample_positions
+from tokrl.algorithms.sampling import SELECTION_RULES, sample_positions
 from tokrl.algorithms.sequence import SequenceAdvantageAlgorithm
 
 
 @register_algorithm("s-grpo")
 class SGRPO(SequenceAdvantageAlgorithm):
-    """Selects `sample_positions(|o_i|, alpha, max_tokens)` of every completion with a reward."""
+    """Selects `sample_positions(|o_i|, alpha, max_tokens, rule=selection)` of every completion with a reward."""
 
     def __init__(self, config: AlgoConfig | None = None) -> None:
         super().__init__(config)
-        if self.config.alpha < 0 or self.config.max_tokens < 0:
-            raise ValueError(
-                f"s-grpo: alpha and max_tokens must be >= 0, got {self.config.alpha}, {self.config.max_tokens}"
-            )
+        c = self.config
+        if c.alpha < 0 or c.max_tokens < 0:
+            raise ValueError(f"s-grpo: alpha and max_tokens must be >= 0, got {c.alpha}, {c.max_tokens}")
+        if c.selection not in SELECTION_RULES:
+            raise ValueError(f"selection: expected one of {', '.join(SELECTION_RULES)}, got {c.selection!r}")
+        if not 0.0 < c.keep_prob <= 1.0:
+            raise ValueError(f"keep_prob: expected a probability in (0, 1], got {c.keep_prob}")
 
     def select_positions(self, length: int, generator: torch.Generator | None) -> torch.Tensor:
-        return sample_positions(length, self.config.alpha, self.config.max_tokens, generator)  # [n] sorted
+        c = self.config
+        return sample_positions(
+            length, c.alpha, c.max_tokens, generator, rule=c.selection, keep_prob=c.keep_prob
+        )  # [n] sorted

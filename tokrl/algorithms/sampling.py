@@ -1,12 +1,20 @@
-"""S-GRPO's stochastic token selection for one completion.
+"""S-GRPO's stochastic token selection for one completion: which positions enter the loss.
 
-For a completion of length L with `alpha` and cap k = `max_tokens`:
-  * positions 0 .. min(alpha, L) - 1 are always selected (early tokens decide the reasoning path);
-  * each later position t >= alpha is selected independently with p = min(1, alpha / (L - alpha)),
-    so about alpha later tokens are expected and the expected total is about 2 * alpha;
-  * if more than k are selected, keep the first alpha and a uniform random subset of the selected later
-    positions, k in all. When k < alpha the cap wins: only the first k positions are kept.
-Memory: the loss touches at most k of the L positions, and the forward can stop after the last one.
+Both rules always select positions 0 .. min(alpha, L, k) - 1 (early tokens decide the reasoning path) and
+select at most k = `max_tokens` positions in all. They differ in the later positions t >= alpha:
+
+rule="sequential" (the default; the paper's rule as secondary descriptions of it state it): walk t = alpha,
+    alpha + 1, ... in order; while fewer than k are selected, t is selected with probability P = `keep_prob`
+    (one Bernoulli draw per position). The selected tokens are the earliest that pass, so the last one sits
+    near alpha + (k - alpha) / P whatever L is, and the loss forward, which stops after the last selected
+    position, stays short. [paper: the rule; ours: P = 0.5 by default, since the paper's value could not be
+    read.] The draws are one uniform per later position, taken up front; a walk that stopped drawing at the
+    cap would select the same positions in distribution.
+rule="spread" (this project's earlier rule): each later position is selected independently with
+    p = min(1, alpha / (L - alpha)), about alpha expected; when more than k are selected, keep the first
+    alpha and a uniform random subset of the later ones. The picks spread over the whole completion, so the
+    forward must run almost to its end.
+When k < alpha the cap wins under both rules: only the first k positions are kept.
 """
 
 from __future__ import annotations
@@ -14,29 +22,55 @@ from __future__ import annotations
 import torch
 
 
+def _sequential_later(n_later: int, alpha: int, room: int, keep_prob: float, generator) -> torch.Tensor:
+    """The earliest later positions that pass a Bernoulli(keep_prob) draw, at most `room`: [m] int64."""
+    draws = torch.rand(n_later, generator=generator)  # [L - alpha] one uniform per later position
+    return torch.nonzero(draws < keep_prob).flatten()[:room] + alpha  # [m <= room] sorted
+
+
+def _spread_later(n_later: int, alpha: int, room: int, keep_prob: float, generator) -> torch.Tensor:
+    """Later positions drawn with p = min(1, alpha / n_later), a uniform subset of `room` if over: [m] int64."""
+    p = min(1.0, alpha / n_later)
+    draws = torch.rand(n_later, generator=generator)  # [L - alpha] one uniform per later position
+    later = torch.nonzero(draws < p).flatten() + alpha  # [m] int64, sorted
+    if later.numel() > room:
+        keep = torch.randperm(later.numel(), generator=generator)[:room]  # [room] uniform subset
+        later = later[keep].sort().values  # [room] sorted again
+    return later
+
+
+_LATER_RULES = {"sequential": _sequential_later, "spread": _spread_later}
+SELECTION_RULES = tuple(_LATER_RULES)
+
+
 def sample_positions(
-    length: int, alpha: int = 25, max_tokens: int = 50, generator: torch.Generator | None = None
+    length: int,
+    alpha: int = 25,
+    max_tokens: int = 50,
+    generator: torch.Generator | None = None,
+    *,
+    rule: str = "sequential",
+    keep_prob: float = 0.5,
 ) -> torch.Tensor:
     """Selected positions of a completion of `length` tokens: sorted, unique, int64, each in [0, length).
 
-    Draws from `generator` (the global RNG when None): one uniform per later position, then a permutation
-    of the selected later positions only when the cap binds.
+    Draws from `generator` (the global RNG when None): one uniform per later position (both rules), then,
+    under "spread", a permutation of the selected later positions only when the cap binds.
+    keep_prob: P of the sequential rule, in (0, 1]; unused by "spread".
     returns: [n] int64 with n <= max_tokens.
     """
     if length < 0 or alpha < 0 or max_tokens < 0:
         raise ValueError(
             f"sample_positions: length, alpha, max_tokens must be >= 0; got {length}, {alpha}, {max_tokens}"
         )
+    if rule not in _LATER_RULES:
+        raise ValueError(f"sample_positions: rule must be one of {', '.join(SELECTION_RULES)}; got {rule!r}")
+    if not 0.0 < keep_prob <= 1.0:
+        raise ValueError(f"sample_positions: keep_prob must be in (0, 1]; got {keep_prob}")
     head = min(alpha, length, max_tokens)
     first = torch.arange(head, dtype=torch.int64)  # [head] always selected
     n_later = length - alpha
     if n_later <= 0 or head < alpha:
         return first  # [head]: no later positions exist, or the cap is already spent on the first ones
-    p = min(1.0, alpha / n_later)
-    draws = torch.rand(n_later, generator=generator)  # [L - alpha] one uniform per later position
-    later = torch.nonzero(draws < p).flatten() + alpha  # [m] int64, sorted
-    room = max_tokens - alpha
-    if later.numel() > room:
-        keep = torch.randperm(later.numel(), generator=generator)[:room]  # [room] uniform subset
-        later = later[keep].sort().values  # [room] sorted again
+    later = _LATER_RULES[rule](n_later, alpha, max_tokens - alpha, keep_prob, generator)  # [m] sorted
     return torch.cat([first, later])  # [alpha + m] sorted unique
