@@ -13,9 +13,11 @@ checkpoints, metrics and results. The SFT cache (output_dir/sft) is kept: it gua
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +73,16 @@ def check_writable(output_dir: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"output_dir: {str(existing)!r} is a file, so {str(output_dir)!r} cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"output_dir: {str(existing)!r} is not writable; choose another --output-dir")
+    try:
+        # os.access says yes to root even on a read-only mount; a real (deleted at once) file tells the truth.
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"output_dir: {str(existing)!r} is not writable ({err.strerror or err}); choose another --output-dir"
+        ) from None
 
 
 def plan_run(config: TrainConfig, output_dir: Path) -> RunPlan:
