@@ -75,7 +75,7 @@ def test_cli_strings_are_coerced():
     [
         ("steps", "abc", "steps: expected an integer"),
         ("steps", 1.5, "steps: expected an integer"),
-        ("resume", "maybe", "resume: expected true or false"),
+        ("resume", "maybe", "resume: 'maybe' is not a checkpoint directory"),
         ("task_options", "[1, 2]", "task_options: expected a mapping"),
         ("lr", "fast", "lr: expected a number"),
     ],

@@ -21,7 +21,7 @@ from tokrl.models import (
     tiny_config,
     trainable_parameter_count,
 )
-from tokrl.tokenizer import VOCAB
+from tokrl.tokenizer import VOCAB, VOCAB_SIZE
 
 # Left-padded batch whose rows have different amounts of padding and several real tokens each: with a
 # single real token attention is position-free, so wrong position ids would go unnoticed.
@@ -80,7 +80,7 @@ def test_resolve_dtype_rejects_bad_values(bad, message):
 def test_tiny_config_defaults_and_overrides():
     config = tiny_config()
     assert config.model_type == "qwen2"
-    assert config.vocab_size % 8 == 0 and len(VOCAB) <= config.vocab_size < len(VOCAB) + 8
+    assert config.vocab_size % 8 == 0 and VOCAB_SIZE <= config.vocab_size < VOCAB_SIZE + 8
     assert config.tie_word_embeddings is True
     assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)  # GQA as in Qwen2
     assert config.intermediate_size == 4 * config.hidden_size

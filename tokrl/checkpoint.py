@@ -18,6 +18,8 @@ the current step.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,10 @@ logger = logging.getLogger("tokrl")
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file and what to do."""
 
 
 @dataclass
@@ -128,6 +135,16 @@ def save_checkpoint(
             final.rename(stale)
             shutil.rmtree(stale)
         tmp.rename(final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            previous = latest_checkpoint(root)
+            kept = f"; {previous} is intact" if previous else ""
+            raise CheckpointError(
+                f"no space left on the device while saving {final} ({err.strerror}){kept}; free some space "
+                "(or lower --save-total-limit) and continue with --resume"
+            ) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -143,7 +160,8 @@ def load_checkpoint(
     """Load the adapter, optimiser, scheduler and RNG states of checkpoint `path` in place; RNG states are
     rank `rank`'s when the checkpoint has them (a multi-process run's), else rng_state.pt."""
     path = Path(path)
-    adapter = load_file(str(path / ADAPTER_FILE), device=str(next(model.parameters()).device))
+    with _reading(path, ADAPTER_FILE):
+        adapter = load_file(str(path / ADAPTER_FILE), device=str(next(model.parameters()).device))
     result = set_peft_model_state_dict(model, adapter)
     unexpected = [k for k in result.unexpected_keys if "lora_" in k]
     missing = [k for k in result.missing_keys if "lora_" in k]
@@ -152,17 +170,40 @@ def load_checkpoint(
             f"checkpoint {path}: the adapter does not match the model (lora_r or target modules changed?): "
             f"unexpected {unexpected[:3]}, missing {missing[:3]}"
         )
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rank_file = path / f"rng_state_rank{rank}.pt"
-    set_rng_state(torch.load(rank_file if rank_file.is_file() else path / "rng_state.pt", weights_only=False))
-    trainer_state = json.loads((path / "trainer_state.json").read_text())
-    return CheckpointState(
-        step=int(trainer_state["step"]),
-        trainer_state=trainer_state,
-        algorithm_state=json.loads((path / "algorithm_state.json").read_text()),
-        config=yaml.safe_load((path / "config.yaml").read_text()) or {},
-    )
+    with _reading(path, "optimizer.pt"):
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    with _reading(path, "scheduler.pt"):
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rank_file = f"rng_state_rank{rank}.pt" if (path / f"rng_state_rank{rank}.pt").is_file() else "rng_state.pt"
+    with _reading(path, rank_file):
+        set_rng_state(torch.load(path / rank_file, weights_only=False))
+    with _reading(path, "trainer_state.json"):
+        trainer_state = json.loads((path / "trainer_state.json").read_text())
+        step = int(trainer_state["step"])
+    with _reading(path, "algorithm_state.json"):
+        algorithm_state = json.loads((path / "algorithm_state.json").read_text())
+    with _reading(path, "config.yaml"):
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    return CheckpointState(step=step, trainer_state=trainer_state, algorithm_state=algorithm_state, config=config)
+
+
+@contextlib.contextmanager
+def _reading(checkpoint: Path, name: str) -> Iterator[None]:
+    """Turn a truncated or corrupt checkpoint file into one CheckpointError naming it and the way out."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 (torch, safetensors, json and yaml each raise their own types)
+        earlier = [p for p in checkpoint_dirs(checkpoint.parent) if p != checkpoint and _step(p) < _step(checkpoint)]
+        hint = f"resume from the previous checkpoint with --resume {earlier[-1]}" if earlier else "start a new run"
+        cause = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"checkpoint file {checkpoint / name} is truncated or corrupt ({type(err).__name__}: {cause}); {hint}"
+        ) from None
+
+
+def _step(checkpoint: Path) -> int:
+    match = CHECKPOINT_RE.match(checkpoint.name)
+    return int(match.group(1)) if match else -1
 
 
 class StopSignals:

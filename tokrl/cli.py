@@ -26,8 +26,10 @@ import logging
 import os
 import platform
 import sys
+import typing
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tokrl.config import DEFAULT_PRESET, PRESETS, flat_fields
@@ -37,10 +39,22 @@ EXIT_INTERRUPTED = 130
 
 
 def _config_errors() -> tuple[type[Exception], ...]:
-    """What a wrong name, path, value or unreachable model raises (one line, exit 2; no traceback)."""
+    """What a wrong name, path, value, unreadable checkpoint or unreachable model raises (one line, exit 2;
+    no traceback)."""
+    from tokrl.checkpoint import CheckpointError
     from tokrl.models import ModelLoadError
 
-    return (ValueError, FileNotFoundError, ModelLoadError)
+    return (ValueError, TypeError, FileNotFoundError, ModelLoadError, CheckpointError)
+
+
+def _run_errors() -> tuple[type[Exception], ...]:
+    """Failures of a started run that have a known cause (one line, exit 1): a non-finite loss, a run that
+    trains nothing, a checkpoint that cannot be written (full disk)."""
+    from tokrl.checkpoint import CheckpointError
+    from tokrl.policy_update import NonFiniteLossError
+    from tokrl.trainer import StalledRunError
+
+    return (NonFiniteLossError, StalledRunError, CheckpointError)
 
 
 def _fail(args: argparse.Namespace, err: object) -> int:
@@ -61,6 +75,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS, "help": help_text, "metavar": metavar}
         if spec.type is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif bool in typing.get_args(spec.type):  # `--resume` alone or `--resume PATH`
+            kwargs.update(nargs="?", const="true", metavar="BOOL|PATH")
         group.add_argument(*names, **kwargs)
 
 
@@ -112,20 +128,23 @@ def _unknown_flags(unknown: list[str]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tokrl.config import load_config
-    from tokrl.policy_update import NonFiniteLossError
+    from tokrl.resume import resume_config
     from tokrl.trainer import Trainer
 
+    # Only the flags the user typed are here (argparse.SUPPRESS): a resume re-applies just these on top of
+    # the checkpoint's own config, never the preset's defaults.
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset", "config")}
     try:
         config = load_config(args.preset, args.config, **overrides)  # validated: names, batch arithmetic
-        trainer = Trainer(config)  # builds the task and algorithm; checks the splits before any weights load
+        config = resume_config(config, args.preset, args.config, overrides)  # --resume: the checkpoint's config
+        trainer = Trainer(config)  # task, algorithm, output_dir and resume checks; before any weights load
         _quiet_dependencies()
         trainer.setup()  # warm start, model, LoRA, optimiser, resume: bad models and paths fail here
     except _config_errors() as err:
         return _fail(args, err)
     try:
         result = trainer.run()  # from here on an exception is a bug or a failure worth a traceback
-    except NonFiniteLossError as err:
+    except _run_errors() as err:
         print(f"tokrl: error: {err}", file=sys.stderr)
         return 1
     before, after = result.eval_before, result.eval_after
@@ -147,12 +166,27 @@ def _pct(value: float | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     import yaml
 
+    from tokrl.config import validate_device, validate_model_name
     from tokrl.distributed import resolve_device
     from tokrl.evaluate import evaluate
 
-    options = yaml.safe_load(args.task_options) or {}
+    try:
+        options = yaml.safe_load(args.task_options) or {}
+    except yaml.YAMLError as err:
+        return _fail(args, f"task_options: cannot parse {args.task_options!r} as YAML ({_yaml_problem(err)})")
     if not isinstance(options, dict):
         return _fail(args, f"task_options: expected a mapping like '{{digits_a: 2}}', got {args.task_options!r}")
+    for name in ("limit", "batch_size", "max_new_tokens", "examples"):
+        value, least = getattr(args, name), 0 if name == "examples" else 1
+        if value is not None and value < least:
+            return _fail(args, f"{_flag(name)}: must be >= {least}, got {value}")
+    try:
+        validate_device(args.device)
+        validate_model_name(args.model)
+        if args.adapter is not None and not Path(args.adapter).is_dir() and _looks_local(args.adapter):
+            raise ValueError(f"adapter: {args.adapter!r} is not a directory; pass a checkpoint-N folder")
+    except ValueError as err:
+        return _fail(args, err)
     _quiet_dependencies()
     try:
         result = evaluate(
@@ -166,6 +200,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {prompt!r} -> {completion!r} (reward {reward})")
     print(json.dumps(result))
     return 0
+
+
+def _yaml_problem(err: Exception) -> str:
+    """The first line of a YAML error, with its line and column."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id: starts with . / ~, has more than one "/", or names an existing parent."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).parent.is_dir()
 
 
 def _version(name: str) -> str:
@@ -205,6 +251,10 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "env": cmd_env}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `python -m tokrl` puts the working directory on sys.path, the `tokrl` script does not: add it so a
+    # reward module next to the user ("my_rewards:score") imports the same way from both.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:

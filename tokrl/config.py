@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -133,7 +136,28 @@ class TrainConfig:
         default="outputs/{task}-{algorithm}",
         metadata={"help": "Run directory; {field} placeholders are filled from this config."},
     )
-    resume: bool = field(default=False, metadata={"help": "Continue from the newest checkpoint in output_dir."})
+    resume: bool | str = field(
+        default=False,
+        metadata={
+            "help": "Continue a run: true = from the newest complete checkpoint in output_dir, or the path of a "
+            "checkpoint-N folder. Flags you pass must agree with the checkpoint's config, except those "
+            "tokrl.resume.SAFE_TO_CHANGE lists (steps, eval/save cadence, logging, ...), which are applied."
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an earlier run in output_dir (its checkpoints, metrics and results) once the new run "
+            "has started; without it a non-empty output_dir is refused."
+        },
+    )
+    max_empty_steps: int = field(
+        default=20,
+        metadata={
+            "help": "Stop the run after this many consecutive steps without a single trainable token "
+            "(selected_tokens == 0); 0 = never stop."
+        },
+    )
     log_every: int = field(default=1, metadata={"help": "Write metrics every N steps."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (only on a terminal)."})
     sample_per_prompt: bool = field(
@@ -282,7 +306,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert `value` (possibly a CLI string) to the field type `tp`, or raise naming `key`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):  # only `X | None` is used
+    if origin in (typing.Union, types.UnionType) and set(args) == {bool, str}:  # `resume`: a flag or a path
+        parsed = yaml.safe_load(value) if isinstance(value, str) and value.strip() else value
+        if isinstance(parsed, bool):
+            return parsed
+        if isinstance(value, str) and value.strip():
+            return value
+        raise ValueError(f"{key}: expected true, false or a path, got {value!r}")
+    if origin in (typing.Union, types.UnionType):  # otherwise only `X | None` is used
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
             return None
         return _coerce(value, next(a for a in args if a is not type(None)), key)
@@ -290,7 +321,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ValueError(f"{key}: cannot parse {value!r}: {err}") from None
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{key}: cannot parse {value!r} as YAML ({problem})") from None
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -377,7 +409,13 @@ def load_config(
         path = Path(config_file)
         if not path.is_file():
             raise ValueError(f"config: file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"config: {str(path)!r} is not valid YAML: {problem}{where}") from None
         if not isinstance(data, Mapping):
             raise ValueError(f"config: {str(path)!r} must hold a mapping of keys to values")
         config = _apply(config, _flatten(data, str(path)))
@@ -407,6 +445,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.task not in available_tasks():
         raise _choices_error("task", config.task, available_tasks())
     validate_model_name(config.model)
+    _check_finite(config)
     g = config.generation
     _check(config.steps >= 0, f"steps: must be >= 0, got {config.steps}")
     _check(config.prompts_per_step >= 1, f"prompts_per_step: must be >= 1, got {config.prompts_per_step}")
@@ -420,7 +459,13 @@ def validate_config(config: TrainConfig) -> None:
     _check(config.num_iterations >= 1, f"num_iterations: must be >= 1, got {config.num_iterations}")
     _check(config.loss_micro_batch >= 0, f"loss_micro_batch: must be >= 0 (0 = all), got {config.loss_micro_batch}")
     _check(config.beta >= 0, f"beta: must be >= 0, got {config.beta}")
-    _check(config.eps_low >= 0 and config.eps_high >= 0, "eps_low, eps_high: must be >= 0")
+    _check(0 <= config.eps_low < 1, f"eps_low: must be in [0, 1) (ratio floor 1 - eps_low > 0), got {config.eps_low}")
+    _check(0 <= config.eps_high < 1, f"eps_high: must be in [0, 1), got {config.eps_high}")
+    _check(config.algo.max_tokens >= 1, f"max_tokens: must be >= 1 (0 selects no token to train), got "
+           f"{config.algo.max_tokens}")  # fmt: skip
+    _check(config.algo.alpha >= 0, f"alpha: must be >= 0, got {config.algo.alpha}")
+    _check(config.lora.alpha > 0, f"lora_alpha: must be > 0, got {config.lora.alpha}")
+    _check(config.max_empty_steps >= 0, f"max_empty_steps: must be >= 0 (0 = never stop), got {config.max_empty_steps}")
     _check(config.sft_steps >= 0, f"sft_steps: must be >= 0, got {config.sft_steps}")
     _check(config.sft_lr > 0, f"sft_lr: must be > 0, got {config.sft_lr}")
     _check(config.sft_batch_size >= 1, f"sft_batch_size: must be >= 1, got {config.sft_batch_size}")
@@ -444,10 +489,59 @@ def validate_config(config: TrainConfig) -> None:
         raise _choices_error("dtype", config.dtype, list(DTYPES))
     if config.impl not in IMPLS:
         raise _choices_error("impl", config.impl, list(IMPLS))
+    validate_device(config.device)
+    validate_impl(config.impl, config.device)
+    if isinstance(config.resume, str) and not Path(config.resume).is_dir():
+        raise ValueError(f"resume: {config.resume!r} is not a checkpoint directory; pass a checkpoint-N folder or "
+                         "--resume alone for the newest checkpoint in output_dir")  # fmt: skip
     try:
         config.resolved_output_dir()
     except (KeyError, IndexError, ValueError) as err:
         raise ValueError(f"output_dir: bad placeholder in {config.output_dir!r}: {err}") from None
+
+
+def _check_finite(config: TrainConfig) -> None:
+    """Every float option must be a finite number: nan/inf would silently disable clipping, flatten the
+    sampling distribution or poison the weights after the model has loaded."""
+    for key, spec in flat_fields().items():
+        value = getattr(getattr(config, spec.section) if spec.section else config, spec.field.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value), f"{key}: must be a finite number, got {value}")
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def validate_device(device: str) -> None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N', and a CUDA device only where CUDA is available."""
+    import torch
+
+    if not _DEVICE_RE.match(device):
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} was asked for but CUDA is not available; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
+def validate_impl(impl: str, device: str) -> None:
+    """impl='triton' needs the triton package and a CUDA device (or TRITON_INTERPRET=1 for the CPU)."""
+    import importlib.util
+
+    import torch
+
+    if impl != "triton":
+        return
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("impl: 'triton' needs the triton package (pip install triton); or use --impl torch")
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not on_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(
+            "impl: 'triton' on a CPU device needs TRITON_INTERPRET=1 (Triton's slow interpreter); "
+            "use --impl torch or --impl auto on the CPU"
+        )
 
 
 def validate_model_name(model: str) -> None:

@@ -107,19 +107,26 @@ def sft_settings(config: Any) -> dict[str, Any]:
     return {k: getattr(config, k) for k in keys}
 
 
-def sft_stage(config: Any, task: Task, output_dir: Path, device: torch.device, log: Any = print) -> Path:
-    """Run (or reuse) the warm start of `config.model` on `device`; returns the directory RL loads from."""
+def sft_stage(
+    config: Any, task: Task, output_dir: Path, device: torch.device, log: Any = print, replace: bool = False
+) -> Path:
+    """Run (or reuse) the warm start of `config.model` on `device`; returns the directory RL loads from.
+    replace: a warm start made with other settings is rebuilt (and swapped in once the new one is saved)
+    instead of refused (`--overwrite`)."""
     target = Path(output_dir) / SFT_DIR
     settings = json.loads(json.dumps(sft_settings(config)))  # the JSON round trip normalises tuples and keys
     if (target / SFT_CONFIG).is_file():
         found = json.loads((target / SFT_CONFIG).read_text())
-        if found.get("settings") != settings:
+        if found.get("settings") != settings and replace:
+            log(f"sft: {target} was made with other settings; --overwrite rebuilds it")
+        elif found.get("settings") != settings:
             raise ValueError(
                 f"sft: {target} was made with different settings ({found.get('settings')} vs {settings}); "
-                "use another output_dir or delete that directory"
+                "use another output_dir or pass --overwrite"
             )
-        log(f"sft: reusing the warm start in {target}")
-        return target
+        else:
+            log(f"sft: reusing the warm start in {target}")
+            return target
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
@@ -136,7 +143,7 @@ def sft_stage(config: Any, task: Task, output_dir: Path, device: torch.device, l
         record = {"settings": settings, "losses": losses, "seconds": seconds}
         (tmp / SFT_CONFIG).write_text(json.dumps(record, indent=2))
         if target.exists():
-            shutil.rmtree(target)  # an incomplete earlier attempt (no sft_config.json)
+            shutil.rmtree(target)  # an incomplete earlier attempt (no sft_config.json), or replaced
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,19 +40,14 @@ import torch
 
 from tokrl import distributed
 from tokrl.algorithms import Group, get_algorithm, validate_rewards
-from tokrl.checkpoint import (
-    StopSignals,
-    checkpoint_dirs,
-    latest_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-)
+from tokrl.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint
 from tokrl.config import TrainConfig, load_config, validate_config
+from tokrl.context import check_prompt_lengths
 from tokrl.evaluate import evaluate
 from tokrl.metrics import MetricsLog, peak_memory_mib, reset_peak_memory, reward_stats
 from tokrl.models import apply_lora, load_model, trainable_parameter_count
 from tokrl.policy_update import PolicyUpdate
+from tokrl.resume import resume_config
 from tokrl.rollout import (
     Rollout,
     concat_rollouts,
@@ -62,6 +56,7 @@ from tokrl.rollout import (
     gather_rows,
     sample_groups,
 )
+from tokrl.run_dir import plan_run
 from tokrl.seeding import step_seed, stream_seed
 from tokrl.sft import sft_stage
 from tokrl.tasks import get_task
@@ -70,6 +65,10 @@ logger = logging.getLogger("tokrl")
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
+
+
+class StalledRunError(RuntimeError):
+    """The run trained nothing for `max_empty_steps` steps in a row."""
 
 
 @dataclass
@@ -93,11 +92,13 @@ def train(
 
     config: a TrainConfig, a YAML file path, or None (then `preset`, by default "tiny-multiplication").
     overrides: flat config keys (`steps=10`, `lora_r=8`, `replay_prob=0.5`) applied last.
+    Resuming (`resume=True` or a checkpoint path) from a YAML file or preset starts from the checkpoint's
+    config and applies only `overrides`, the file and a named preset; a full TrainConfig is compared as is.
     """
     if isinstance(config, TrainConfig):
         config = load_config(preset, base=config, **overrides)
     else:
-        config = load_config(preset, config, **overrides)
+        config = resume_config(load_config(preset, config, **overrides), preset, config, overrides)
     return Trainer(config).run()
 
 
@@ -115,7 +116,9 @@ class Trainer:
         self.train_data = self.task.split("train")
         self.test_data = self.task.split("test")
         self._check_batch()
+        self.plan = plan_run(config, self.output_dir)  # checks output_dir and the resume; deletes nothing
         self.step = 0
+        self._empty_steps = 0
         self.state: dict[str, Any] = {"eval_before": None, "evals": [], "wall_time_s": 0.0}
         self.model: Any = None
         self._orders: dict[int, list[int]] = {}
@@ -151,12 +154,14 @@ class Trainer:
         source = c.model
         if c.sft_steps > 0:  # rank 0 warms up; the others wait, then find its cached result
             if distributed.is_main():
-                source = str(sft_stage(c, self.task, self.output_dir, self.device, log=logger.info))
+                sft = sft_stage(c, self.task, self.output_dir, self.device, log=logger.info, replace=c.overwrite)
+                source = str(sft)
             distributed.barrier()
             if not distributed.is_main():
                 source = str(sft_stage(c, self.task, self.output_dir, self.device, log=logger.info))
         torch.manual_seed(c.seed)  # LoRA initialisation
         model, self.tokenizer = load_model(source, dtype=c.dtype, device=self.device)
+        check_prompt_lengths(self.task, self.tokenizer, model.config, c.generation.max_new_tokens)
         if c.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = c.lora
@@ -170,13 +175,10 @@ class Trainer:
         distributed.barrier()  # rank 0 may have removed stale checkpoints
 
     def _resume_or_start(self) -> None:
-        checkpoint = latest_checkpoint(self.output_dir) if self.config.resume else None
+        checkpoint = self.plan.checkpoint
         if checkpoint is None:
-            if self.config.resume:
-                logger.info("resume: no checkpoint in %s; starting from step 0", self.output_dir)
-            for stale in checkpoint_dirs(self.output_dir) if distributed.is_main() else []:
-                logger.warning("removing %s from an earlier run (pass --resume to continue it instead)", stale)
-                shutil.rmtree(stale)
+            if distributed.is_main():
+                self.plan.clear_earlier_run()  # the new run has started: only now may the old one go
             return
         loaded = load_checkpoint(
             checkpoint,
@@ -188,6 +190,10 @@ class Trainer:
         self.algorithm.load_state_dict(loaded.algorithm_state)
         self.step = loaded.step
         self.state.update({k: v for k, v in loaded.trainer_state.items() if k != "step"})
+        if distributed.is_main():
+            self.plan.clear_earlier_run()  # leftovers of a killed save only
+        for change in self.plan.changes:
+            logger.info("resume: applying %s (recorded in the next checkpoint's config.yaml)", change)
         logger.info("resumed from %s at step %d", checkpoint, self.step)
 
     # ------------------------------------------------------------------------------------------- steps
@@ -346,6 +352,7 @@ class Trainer:
             while self.step < c.steps and not self._stop_agreed(stop.requested):
                 last = self.train_step(self.step)
                 self.step += 1
+                self._watch_progress(last)
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     log.write(last)
                 log.advance(last)
@@ -365,6 +372,23 @@ class Trainer:
         if distributed.is_main():
             self._write_results(result)
         return result
+
+    def _watch_progress(self, record: dict[str, Any]) -> None:
+        """Warn about a step whose rewards were all None; stop a run that has trained nothing for
+        `max_empty_steps` steps in a row (every rank sees the same global counts, so all stop together)."""
+        if record.get("reward_mean") is None or record["reward_mean"] != record["reward_mean"]:  # None or NaN
+            logger.warning(
+                "step %d: the reward function %r returned None for every completion; nothing to learn from",
+                self.step, self.task.reward_name,
+            )  # fmt: skip
+        self._empty_steps = self._empty_steps + 1 if record.get("selected_tokens") == 0 else 0
+        limit = self.config.max_empty_steps
+        if limit and self._empty_steps >= limit:
+            raise StalledRunError(
+                f"no trainable token in the last {self._empty_steps} steps (selected_tokens == 0 up to step "
+                f"{self.step}): every group had equal rewards or nothing was selected, so the run would train "
+                "nothing; check the reward function and max_tokens, or raise --max-empty-steps (0 = never stop)"
+            )
 
     def _stop_agreed(self, requested: bool) -> bool:
         """True when any rank got SIGINT/SIGTERM: all ranks stop after the same step."""

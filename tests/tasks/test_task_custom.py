@@ -10,6 +10,7 @@ import datasets
 import pytest
 
 from tokrl.tasks import get_task
+from tokrl.tasks.base import RewardError
 from tokrl.tasks.custom import resolve_reward
 from tokrl.tasks.rewards import exact_match
 
@@ -205,7 +206,11 @@ def test_trl_style_arguments() -> None:
         ([1.0], ValueError, "returned 1 rewards for 2 completions"),
         (["yes", 1.0], TypeError, "rewards must be numbers or None"),
         (None, TypeError, "returned None instead of a list"),
+        (0.5, RewardError, r"returned 0\.5 instead of a list of rewards \(a float"),
+        ("1.0", RewardError, "returned '1.0' instead of a list of rewards"),
+        ([float("nan"), 1.0], RewardError, "rewards must be finite numbers or None, got nan"),
     ],
+    ids=["count", "type", "none", "scalar", "string", "nan"],
 )
 def test_bad_reward_outputs(returned, error: type[Exception], message: str) -> None:
     def bad(completions, **kwargs):

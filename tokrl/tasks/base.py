@@ -9,12 +9,19 @@ The trainer passes each example's columns repeated once per completion.
 
 from __future__ import annotations
 
+import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
+
+
+class RewardError(ValueError, TypeError):
+    """A reward function returned something other than one finite number or None per completion (a
+    ValueError and a TypeError, so callers catching either keep working)."""
+
 
 SPLITS = ("train", "test")
 REQUIRED_COLUMNS = ("prompt", "answer")
@@ -96,11 +103,13 @@ class Task(ABC):
             return []
         scores = list(self._score(completions, {column: list(values) for column, values in columns.items()}))
         if len(scores) != len(completions):
-            raise ValueError(f"{self.reward_name}: returned {len(scores)} rewards for {len(completions)} completions")
+            raise RewardError(f"{self.reward_name}: returned {len(scores)} rewards for {len(completions)} completions")
         checked: list[float | None] = []
         for score in scores:
             if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real)):
-                raise TypeError(f"{self.reward_name}: rewards must be numbers or None, got {score!r}")
+                raise RewardError(f"{self.reward_name}: rewards must be numbers or None, got {score!r}")
+            if score is not None and not math.isfinite(score):
+                raise RewardError(f"{self.reward_name}: rewards must be finite numbers or None, got {score!r}")
             checked.append(None if score is None else float(score))
         return checked
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import datasets
 
-from tokrl.tasks.base import RewardFn, Task, check_columns
+from tokrl.tasks.base import RewardError, RewardFn, Task, check_columns
 from tokrl.tasks.loading import DatasetSource, describe, load_source, pick_split, seeded_permutation
 from tokrl.tasks.registry import register_task
 from tokrl.tasks.rewards import REWARDS
@@ -171,6 +171,9 @@ class CustomTask(Task):
 
     def _score(self, completions: list[Any], columns: dict[str, list[Any]]) -> list[float | None]:
         scores = self.reward_fn(**_reward_kwargs(self.reward_fn, completions, columns))
-        if scores is None:
-            raise TypeError(f"{self.reward_name}: returned None instead of a list of rewards")
+        if scores is None or isinstance(scores, str | bytes | dict) or not hasattr(scores, "__iter__"):
+            raise RewardError(
+                f"{self.reward_name}: returned {scores!r:.60} instead of a list of rewards (a {type(scores).__name__}; "
+                "expected one float or None per completion)"
+            )
         return list(scores)

@@ -8,6 +8,7 @@ network name the dataset id, say the hub could not be reached, and suggest the o
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -38,11 +39,42 @@ def load_source(source: DatasetSource, *, hint: str) -> datasets.Dataset | datas
         builder = BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ValueError(f"dataset file {str(path)!r}: unsupported suffix; expected one of {sorted(BUILDERS)}")
+        check_data_file(path)
         return datasets.load_dataset(builder, data_files=str(path))
     text = os.fspath(source)
     if isinstance(source, os.PathLike) or _looks_like_path(text):
         raise FileNotFoundError(f"dataset path {text!r} does not exist")
     return load_hub(text, hint=hint)
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse an empty data file, and a JSON file that is neither one JSON document nor JSON Lines (naming
+    the first bad line), before `datasets` turns either into a long traceback."""
+    if path.suffix.lower() == ".parquet":
+        if path.stat().st_size == 0:
+            raise ValueError(f"dataset file {str(path)!r} is empty")
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise ValueError(f"dataset file {str(path)!r} is empty; it needs rows with 'prompt' and 'answer' columns")
+    if BUILDERS[path.suffix.lower()] != "json":
+        return
+    try:
+        json.loads(text)  # one document (a list of rows, or a mapping of columns)
+        return
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):  # else JSON Lines: one row object per line
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"dataset file {str(path)!r}, line {number}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"dataset file {str(path)!r}, line {number}: expected a JSON object (one row), got {line!r:.60}"
+            )
 
 
 def _looks_like_path(text: str) -> bool:
