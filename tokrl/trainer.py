@@ -53,6 +53,7 @@ from tokrl.evaluate import evaluate
 from tokrl.metrics import MetricsLog, peak_memory_mib, reward_stats
 from tokrl.models import apply_lora, load_model, trainable_parameter_count
 from tokrl.policy_update import PolicyUpdate
+from tokrl.reporting import build_reporters, check_reporters
 from tokrl.rollout import (
     Rollout,
     concat_rollouts,
@@ -114,6 +115,8 @@ class Trainer:
         self.train_data = self.task.split("train")
         self.test_data = self.task.split("test")
         self._check_batch()
+        if self.launch.is_main:  # a missing TensorBoard / wandb package fails here, before any weights load
+            check_reporters(config.report_to)
         self.step = 0
         self.state: dict[str, Any] = {"eval_before": None, "evals": [], "wall_time_s": 0.0}
         self.model: Any = None
@@ -332,9 +335,13 @@ class Trainer:
         c = self.config
         self._wall_before = float(self.state.get("wall_time_s", 0.0))
         last: dict[str, Any] = {}
+        main = distributed.is_main()
+        reporters = (
+            build_reporters(c.report_to, self.output_dir, config=c.to_dict(), resume_step=self.step) if main else []
+        )
         log = MetricsLog(
             self.output_dir / METRICS_FILE, total=c.steps, initial=self.step, resume_step=self.step,
-            progress=c.progress, enabled=distributed.is_main(),
+            progress=c.progress, enabled=main, reporters=reporters,
         )  # fmt: skip
         with log, StopSignals() as stop:
             if self.state["eval_before"] is None:
