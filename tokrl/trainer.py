@@ -23,7 +23,8 @@ batch, each rank rolls out its contiguous slice of the step's prompts, scored gr
 every rank's algorithm state and the logged statistics are global, the loss weights use the global
 norm_units and the LoRA gradients are summed over ranks: one step equals one process's step on the whole
 batch (up to float rounding and LoRA dropout masks, which are drawn per rank). Rank 0 alone writes
-metrics, results and checkpoints; every rank's RNG state is checkpointed and restored.
+metrics (and the report_to backends: TensorBoard, wandb), results and checkpoints; every rank's RNG state is
+checkpointed and restored.
 """
 
 from __future__ import annotations
