@@ -41,11 +41,13 @@ class Panel:
     from_zero: bool = False
 
 
+SELECTED_TOKENS = Panel("selected_tokens", "train", "selected tokens per step (loss rows)", from_zero=True)
+STEP_TIME = Panel("step_time_s", "train", "step time (s)", from_zero=True)
 PANELS = (
     Panel("reward_mean", "train", "reward mean (training batch)"),
     Panel("accuracy", "eval", "held-out accuracy (%)", scale=100.0),
-    Panel("selected_tokens", "train", "selected tokens per step (loss rows)", from_zero=True),
-    Panel("step_time_s", "train", "step time (s)", from_zero=True),
+    SELECTED_TOKENS,
+    STEP_TIME,
     Panel("update_peak_mem_mib", "train", "update peak memory (MiB)", optional=True, from_zero=True),
 )
 
@@ -128,8 +130,8 @@ def _unique_labels(runs: list[RunCurves]) -> None:
 def _summary(run: RunCurves) -> str:
     accuracy = [r["accuracy"] for r in run.evals if isinstance(r.get("accuracy"), int | float)]
     acc = " -> ".join(f"{100 * a:.1f}%" for a in (accuracy[:1] + accuracy[-1:] if len(accuracy) > 1 else accuracy))
-    _, selected = run.series(PANELS[2])
-    _, seconds = run.series(PANELS[3])
+    _, selected = run.series(SELECTED_TOKENS)
+    _, seconds = run.series(STEP_TIME)
     parts = [f"{run.label}: {len(run.train)} steps", f"held-out accuracy {acc or 'n/a'}"]
     if selected:
         parts.append(f"selected tokens/step {statistics.fmean(selected):.0f} (mean)")
@@ -150,6 +152,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int = 
     import_extra("matplotlib", extra="plot", feature="tokrl plot")
     from matplotlib import rcParams
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     runs = [load_run(d) for d in run_dirs]
     _unique_labels(runs)
@@ -178,6 +181,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int = 
             ax.set_ylim(bottom=0)
         ax.set_title(panel.title, fontsize=11)
         ax.set_xlabel("RL step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     summary = fig.add_subplot(grid[1, len(panels) - 3 :])  # the rest of the bottom row
     summary.axis("off")
