@@ -1,10 +1,11 @@
-"""The `tokrl` command (also `python -m tokrl`): train, eval, env.
+"""The `tokrl` command (also `python -m tokrl`): train, eval, plot, env.
 
     tokrl train                                   # the tiny-multiplication preset, CPU, a few minutes
     tokrl train --preset svamp-qwen2-1.5b --algorithm t-spmo --output-dir runs/svamp
     tokrl train --config run.yaml --steps 100 --lora-r 8 --resume
     tokrl eval --model outputs/x/sft --adapter outputs/x/checkpoint-60 --task multiplication \
         --task-options '{digits_a: 2, digits_b: 1}'
+    tokrl plot outputs/tiny-multiplication-{t-spmo,s-grpo,grpo} --out curves.png   # needs tokrl[plot]
     tokrl env                                     # versions and devices, for bug reports
 
 Multi-GPU / multi-node: the same command under a launcher, e.g. `torchrun --nproc_per_node 4 -m tokrl train
@@ -42,9 +43,10 @@ def _config_errors() -> tuple[type[Exception], ...]:
     """What a wrong name, path, value, unreadable checkpoint or unreachable model raises (one line, exit 2;
     no traceback)."""
     from tokrl.checkpoint import CheckpointError
+    from tokrl.extras import MissingExtraError
     from tokrl.models import ModelLoadError
 
-    return (ValueError, TypeError, FileNotFoundError, ModelLoadError, CheckpointError)
+    return (ValueError, TypeError, FileNotFoundError, ModelLoadError, CheckpointError, MissingExtraError)
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
@@ -82,7 +84,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokrl", description="Token-efficient RL for LLM reasoning.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,env}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,plot,env}")
     train = sub.add_parser("train", help="RL training (default: the tiny-multiplication preset)", allow_abbrev=False)
     train.add_argument(
         "--preset", default=None, help=f"Named preset: {', '.join(sorted(PRESETS))} (default {DEFAULT_PRESET})."
@@ -101,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="auto")
     ev.add_argument("--examples", type=int, default=3, help="Print this many (prompt, completion, reward).")
+    pl = sub.add_parser("plot", help="learning curves of runs in one PNG (needs tokrl[plot])", allow_abbrev=False)
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="A `tokrl train` output_dir (holds metrics.jsonl).")
+    pl.add_argument("--out", required=True, metavar="FILE.png", help="Picture to write (the suffix picks the format).")
+    pl.add_argument(
+        "--smooth", type=int, default=0, metavar="N",
+        help="Moving-average window in steps for per-step curves (0 = about 1/50 of the run, 1 = as logged).",
+    )  # fmt: skip
     sub.add_parser("env", help="print versions and devices (for bug reports)")
     return parser
 
@@ -214,6 +223,17 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).parent.is_dir()
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from tokrl.plot import plot_runs
+
+    try:
+        out = plot_runs(args.runs, args.out, smooth=args.smooth)
+    except _config_errors() as err:
+        return _fail(args, err)
+    print(f"wrote {out}")
+    return 0
+
+
 def _version(name: str) -> str:
     try:
         return importlib.metadata.version(name)
@@ -247,7 +267,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "env": cmd_env}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "env": cmd_env}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -160,6 +160,14 @@ class TrainConfig:
     )
     log_every: int = field(default=1, metadata={"help": "Write metrics every N steps."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (only on a terminal)."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Where metrics go besides metrics.jsonl, comma-separated: none, tensorboard (event files in "
+            "output_dir/tensorboard; pip install 'tokrl[tensorboard]'), wandb (pip install 'tokrl[wandb]'; "
+            "WANDB_MODE=offline is respected). Rank 0 only."
+        },
+    )
     sample_per_prompt: bool = field(
         default=False,
         metadata={
@@ -438,6 +446,7 @@ def _check(ok: bool, message: str) -> None:
 def validate_config(config: TrainConfig) -> None:
     """Names and batch arithmetic, checked before any weights load; each message names its field."""
     from tokrl.algorithms import available_algorithms
+    from tokrl.reporting import NO_REPORTER, available_reporters
     from tokrl.tasks import available_tasks
 
     if config.algorithm not in available_algorithms():
@@ -483,6 +492,13 @@ def validate_config(config: TrainConfig) -> None:
     if config.algo.selection not in SELECTION_RULES:
         raise _choices_error("selection", config.algo.selection, list(SELECTION_RULES))
     _check(0 < config.algo.keep_prob <= 1, f"keep_prob: must be in (0, 1], got {config.algo.keep_prob}")
+    for name in config.report_to:
+        if name not in available_reporters():
+            raise _choices_error("report_to", name, available_reporters())
+    _check(
+        NO_REPORTER not in config.report_to or set(config.report_to) == {NO_REPORTER},
+        f"report_to: 'none' cannot be combined with a reporter, got {','.join(config.report_to)}",
+    )
     if config.lr_scheduler not in LR_SCHEDULERS:
         raise _choices_error("lr_scheduler", config.lr_scheduler, list(LR_SCHEDULERS))
     if config.dtype not in DTYPES:

@@ -22,6 +22,7 @@ process started (ru_maxrss), which never decreases.
 In a multi-process run every value is over the global batch (rank 0 writes; step_time_s is rank 0's,
 gen_tokens_per_s is all ranks' tokens over the slowest rank's generate time, memory the largest rank's).
     lr, step_time_s, gen_tokens_per_s
+Every record written here also goes to the run's reporters (tokrl/reporting.py: TensorBoard, wandb).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from tokrl.reporting import Reporter
 
 
 def reward_stats(rewards: Sequence[float | None]) -> tuple[float, float]:
@@ -105,6 +109,7 @@ class MetricsLog:
     resume_step: 0 starts a fresh file; s > 0 keeps the existing records up to step s (a run resumed from
     checkpoint-s drops what an interrupted process logged after that checkpoint) and appends.
     enabled: False (ranks other than 0 of a multi-process run) writes nothing and shows no bar.
+    reporters: backends that get every written record too (opened with the same resume_step); closed here.
     """
 
     def __init__(
@@ -116,9 +121,11 @@ class MetricsLog:
         resume_step: int = 0,
         progress: bool = True,
         enabled: bool = True,
+        reporters: Sequence[Reporter] = (),
     ) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self._reporters = list(reporters)
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +138,11 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        clean = {k: _clean(v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        for reporter in self._reporters:
+            reporter.log(clean)
 
     def advance(self, record: dict[str, Any]) -> None:
         """One finished step: move the bar and show reward and loss."""
@@ -147,6 +157,8 @@ class MetricsLog:
             return
         self._bar.close()
         self._file.close()
+        for reporter in self._reporters:
+            reporter.close()
 
     def __enter__(self) -> MetricsLog:
         return self

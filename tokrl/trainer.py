@@ -24,7 +24,8 @@ batch, each rank rolls out its contiguous slice of the step's prompts, scored gr
 every rank's algorithm state and the logged statistics are global, the loss weights use the global
 norm_units and the LoRA gradients are summed over ranks: one step equals one process's step on the whole
 batch (up to float rounding and LoRA dropout masks, which are drawn per rank). Rank 0 alone writes
-metrics, results and checkpoints; every rank's RNG state is checkpointed and restored.
+metrics (and the report_to backends: TensorBoard, wandb), results and checkpoints; every rank's RNG state is
+checkpointed and restored.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from tokrl.evaluate import evaluate
 from tokrl.metrics import MetricsLog, peak_memory_mib, reset_peak_memory, reward_stats
 from tokrl.models import apply_lora, load_model, trainable_parameter_count
 from tokrl.policy_update import PolicyUpdate
+from tokrl.reporting import build_reporters, check_reporters
 from tokrl.resume import resume_config
 from tokrl.rollout import (
     Rollout,
@@ -117,6 +119,8 @@ class Trainer:
         self.test_data = self.task.split("test")
         self._check_batch()
         self.plan = plan_run(config, self.output_dir)  # checks output_dir and the resume; deletes nothing
+        if self.launch.is_main:  # a missing TensorBoard / wandb package fails here, before any weights load
+            check_reporters(config.report_to)
         self.step = 0
         self._empty_steps = 0
         self.state: dict[str, Any] = {"eval_before": None, "evals": [], "wall_time_s": 0.0}
@@ -342,9 +346,13 @@ class Trainer:
         c = self.config
         self._wall_before = float(self.state.get("wall_time_s", 0.0))
         last: dict[str, Any] = {}
+        main = distributed.is_main()
+        reporters = (
+            build_reporters(c.report_to, self.output_dir, config=c.to_dict(), resume_step=self.step) if main else []
+        )
         log = MetricsLog(
             self.output_dir / METRICS_FILE, total=c.steps, initial=self.step, resume_step=self.step,
-            progress=c.progress, enabled=distributed.is_main(),
+            progress=c.progress, enabled=main, reporters=reporters,
         )  # fmt: skip
         with log, StopSignals() as stop:
             if self.state["eval_before"] is None:
