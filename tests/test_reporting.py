@@ -72,7 +72,8 @@ def test_tensorboard_matches_metrics_across_a_crash_and_resume(tmp_path):
     assert len(list((run / TENSORBOARD_DIR).glob("events.out.tfevents.*"))) == 2  # the same run, appended
     assert_same(tensorboard_scalars(run), after)
 
-    HashRewardTrainer(small_config(tmp_path, **overrides | {"steps": 1, "save_every": 0})).run()  # fresh, same dir
+    fresh = overrides | {"steps": 1, "save_every": 0, "overwrite": True}  # a new run replacing the old one
+    HashRewardTrainer(small_config(tmp_path, **fresh)).run()
     assert_same(tensorboard_scalars(run), jsonl_scalars(run))
     assert [s for s, _ in jsonl_scalars(run)["train/loss"]] == [1]
 
