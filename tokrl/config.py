@@ -56,6 +56,13 @@ class GenerationConfig:
         metadata={"help": "Sampling temperature; the loss's log-probs use the same temperature (pi_theta = sampler)."},
     )
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = full distribution)."})
+    sampler: str = field(
+        default="auto",
+        metadata={
+            "help": "Rollout and eval sampler: tokrl (static KV cache, one prefill per prompt, CUDA graphs on GPU), "
+            "hf (transformers generate) or auto (tokrl where it runs the model, else hf)."
+        },
+    )
 
 
 @dataclass
@@ -427,6 +434,10 @@ def validate_config(config: TrainConfig) -> None:
         raise _choices_error("dtype", config.dtype, list(DTYPES))
     if config.impl not in IMPLS:
         raise _choices_error("impl", config.impl, list(IMPLS))
+    from tokrl.sampler import sampler_names
+
+    if g.sampler not in sampler_names():
+        raise _choices_error("sampler", g.sampler, sampler_names())
     try:
         config.resolved_output_dir()
     except (KeyError, IndexError, ValueError) as err:

@@ -58,6 +58,7 @@ class PolicyUpdate:
         total_updates = max(config.steps * config.num_iterations, 1)
         self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
         self.head = lm_head_weight(model)  # [V, D]
+        self.last_logp = torch.zeros(0)  # [k] fp32 CPU: the last apply's first-iteration log-probs of its rows
 
     @property
     def lr(self) -> float:
@@ -115,6 +116,7 @@ class PolicyUpdate:
             self.optimizer.step()
             self.scheduler.step()
         self.model.eval()
+        self.last_logp = old_logp.detach().cpu() if old_logp is not None else torch.zeros(0)  # [k]
         stats["loss"] = float(summed[0])
         stats["grad_norm"] = float(grad_norm)
         stats["clip_frac"] = float(summed[1]) / selected
