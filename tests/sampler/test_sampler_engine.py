@@ -3,10 +3,13 @@ token, cache equivalence, log-probs, EOS handling, LoRA run unmerged, the sample
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model
+from tests.utils import assert_close_to_ref
 from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, resolve_sampler
 from tokrl.sampler.engine import decode_step, model_body, prefill, run_eager, start_state
@@ -24,9 +27,9 @@ def lora(tiny):
 
 
 def _full_logits(model, rows):
-    """Per row, the logits [len, V] of an unpadded full-sequence forward (no cache)."""
+    """Per row, the logits [len, V] of an unpadded full-sequence forward (no cache), in the model's dtype."""
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([row])).logits[0].float() for row in rows]
+        return [model(input_ids=torch.tensor([row])).logits[0] for row in rows]
 
 
 @pytest.mark.parametrize("which", ["tiny", "qwen2-lora"])
@@ -68,13 +71,17 @@ def test_prefill_and_decode_logits_equal_a_full_forward(tiny, lora, which):
     options = SamplingOptions(do_sample=True, temperature=1.3)
     state = start_state(body, prompts, 1, steps, options, eos_ids=[-1], pad_id=tok.pad_token_id)
     decoded = [first] + [decode_step(body, state, options).clone() for _ in range(steps - 1)]  # steps x [P, V]
-    full = _full_logits(model, [p + row for p, row in zip(prompts, state.tokens.tolist(), strict=True)])
+    rows = [p + row for p, row in zip(prompts, state.tokens.tolist(), strict=True)]
+    full = _full_logits(model, rows)
+    full64 = _full_logits(copy.deepcopy(model).double(), rows)
     for b, p in enumerate(prompts):
-        want = full[b][len(p) - 1 : len(p) - 1 + steps]  # [steps, V]: predicting tokens 0 .. steps-1
-        got = torch.stack([logits[b] for logits in decoded]).float()  # [steps, V]
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        logp = (want / 1.3).log_softmax(-1).gather(1, state.tokens[b][:, None])[:, 0]  # [steps]
-        torch.testing.assert_close(state.logps[b], logp, rtol=1e-5, atol=1e-5)
+        span = slice(len(p) - 1, len(p) - 1 + steps)  # the columns predicting tokens 0 .. steps-1
+        got = torch.stack([logits[b] for logits in decoded])  # [steps, V] fp32
+        assert_close_to_ref(got, full[b][span], full64[b][span], atol=1e-5, name=f"logits of row {b}")
+        logp32, logp64 = (
+            (f[b][span] / 1.3).log_softmax(-1).gather(1, state.tokens[b][:, None])[:, 0] for f in (full, full64)
+        )
+        assert_close_to_ref(state.logps[b], logp32, logp64, atol=1e-5, name=f"log-probs of row {b}")
 
 
 def test_lora_runs_unmerged_and_matters(lora):

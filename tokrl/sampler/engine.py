@@ -22,6 +22,7 @@ per-layer-type dict, so no mask is built from the cache and nothing in a step sy
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,18 +61,26 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _cache_argument(body: torch.nn.Module) -> str:
-    """transformers >= 5.2x names the forward's cache `cache`; earlier 5.x releases `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+@functools.cache
+def _forward_names(model_class: type) -> tuple[str, bool]:
+    """(the forward's cache argument, whether it takes cache_position): transformers >= 5.2x calls the cache
+    `cache` and has no cache_position; earlier 5.x releases use `past_key_values` and, without an explicit
+    cache_position, would ask the cache for its length (a host sync, fatal inside a CUDA-graph capture)."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return ("cache" if "cache" in parameters else "past_key_values"), "cache_position" in parameters
 
 
 def forward_logits(
     body: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, cache: StaticKVCache
 ) -> torch.Tensor:
     """Logits of the last input column [rows, V] for ids/positions [rows, q] and bias [rows, 1, q, C]."""
+    cache_name, takes_cache_position = _forward_names(type(body))
+    extra = {cache_name: cache}
+    if takes_cache_position:
+        extra["cache_position"] = cache.column + torch.arange(ids.shape[1], device=ids.device)  # [q]
     out = body(
-        input_ids=ids, position_ids=positions, attention_mask={"full_attention": bias},
-        use_cache=True, logits_to_keep=1, **{_cache_argument(body): cache},
+        input_ids=ids, position_ids=positions, attention_mask={"full_attention": bias}, use_cache=True,
+        logits_to_keep=1, **extra,
     )  # fmt: skip
     return out.logits[:, -1]  # [rows, V]
 
@@ -121,9 +130,21 @@ class DecodeState:
         chosen = torch.where(self.done, self.pad, chosen)  # [R]
         self.tokens.index_copy_(1, self.step.view(1), chosen[:, None])  # [R, n]
         self.logps.index_copy_(1, self.step.view(1), logp[:, None])  # [R, n]
-        self.done.logical_or_(torch.isin(chosen, self.eos))  # [R]
+        self.done.logical_or_((chosen[:, None] == self.eos[None, :]).any(-1))  # [R] (isin may sync on CUDA)
         self.token.copy_(chosen[:, None])  # [R, 1]
         self.step.add_(1)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every buffer a step reads or writes (cache layers included), in a fixed order."""
+        return [
+            *self.cache.keys, *self.cache.values, self.cache.column, self.token, self.position, self.bias,
+            self.tokens, self.logps, self.step, self.done, self.eos, self.pad,
+        ]  # fmt: skip
+
+    def copy_from(self, other: DecodeState) -> None:
+        """Load `other`'s values into this state's buffers (same shapes), keeping this state's addresses."""
+        for mine, theirs in zip(self.tensors(), other.tensors(), strict=True):
+            mine.copy_(theirs)
 
 
 def decode_step(body: torch.nn.Module, state: DecodeState, options: SamplingOptions) -> torch.Tensor:
