@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-PROVIDER_ORDER = ("naive", "trl_selective", "chunked_torch", "liger", "tokrl")
+PROVIDER_ORDER = ("hf", "naive", "trl_selective", "chunked_torch", "liger", "tokrl")
 MISSING = "—"
 
 
@@ -129,6 +129,9 @@ def group_table(group: str, recs: list[dict]) -> list[str]:
                 [_ratio(base.get("peak_mem_mib"), by_provider[p].get("peak_mem_mib")) for p in providers],
             )
         )
+    for key, label in (("tokens_per_s", "tokens/s"), ("ms_per_step", "ms per decode step")):  # sampler runs
+        if any(by_provider[p].get(key) is not None for p in providers):
+            rows.append((label, [_num(by_provider[p].get(key)) for p in providers]))
     if any(by_provider[p].get("tflops") is not None for p in providers):
         rows.append(("TFLOP/s (effective)", [_num(by_provider[p].get("tflops")) for p in providers]))
     if any(by_provider[p].get("forward_tokens") is not None for p in providers):

@@ -60,6 +60,13 @@ class GenerationConfig:
         metadata={"help": "Sampling temperature; the loss's log-probs use the same temperature (pi_theta = sampler)."},
     )
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = full distribution)."})
+    sampler: str = field(
+        default="auto",
+        metadata={
+            "help": "Rollout and eval sampler: tokrl (static KV cache, one prefill per prompt, CUDA graphs on GPU), "
+            "hf (transformers generate) or auto (tokrl where it runs the model, else hf)."
+        },
+    )
 
 
 @dataclass
@@ -510,6 +517,10 @@ def validate_config(config: TrainConfig) -> None:
     if isinstance(config.resume, str) and not Path(config.resume).is_dir():
         raise ValueError(f"resume: {config.resume!r} is not a checkpoint directory; pass a checkpoint-N folder or "
                          "--resume alone for the newest checkpoint in output_dir")  # fmt: skip
+    from tokrl.sampler import sampler_names
+
+    if g.sampler not in sampler_names():
+        raise _choices_error("sampler", g.sampler, sampler_names())
     try:
         config.resolved_output_dir()
     except (KeyError, IndexError, ValueError) as err:

@@ -37,13 +37,14 @@ def evaluate(
     task_options: dict[str, Any] | None = None,
     examples: int = 0,
     sharded: bool = False,
+    sampler: str = "auto",
 ) -> dict[str, Any]:
     """Greedy accuracy@1 of `model` on `task`'s `split` (the first `limit` examples when given).
 
     model: a loaded causal LM (then `tokenizer` is required) or a name/path for `tokrl.models.load_model`,
     optionally with a LoRA `adapter` directory. task: a Task or a registry name (with `task_options`).
     Returns {"accuracy", "n", "mean_reward", "seconds"} plus "examples" (the first `examples`
-    (prompt, completion, reward) triples) when asked.
+    (prompt, completion, reward) triples) when asked. `sampler`: auto | tokrl | hf (tokrl/sampler/).
     """
     if isinstance(task, str):
         task = get_task(task, **(task_options or {}))
@@ -60,7 +61,15 @@ def evaluate(
     columns = data.to_dict()  # column -> list, aligned with the rows
     prompts = encode_prompts(tokenizer, [task.format_prompt(p) for p in columns["prompt"]])
     start = time.perf_counter()
-    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False, batch_size=batch_size)
+    out = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        batch_size=batch_size,
+        sampler=sampler,
+    )
     texts = decode(tokenizer, out.completions)
     rewards = task.reward(texts, **columns)
     correct = [r is not None and r >= CORRECT for r in rewards]

@@ -22,6 +22,16 @@ process started (ru_maxrss), which never decreases.
 In a multi-process run every value is over the global batch (rank 0 writes; step_time_s is rank 0's,
 gen_tokens_per_s is all ranks' tokens over the slowest rank's generate time, memory the largest rank's).
     lr, step_time_s, gen_tokens_per_s
+    gen_seconds, update_seconds  the step's rollout half (sampling, rewards, selection) and optimisation half
+                                 (loss forward/backward, optimiser); together about step_time_s
+Sampler fidelity, on the tokens the loss selected (None when the sampler gives no log-probs, e.g. hf):
+    sampler_logp_gap_mean, sampler_logp_gap_p95   mean and 95th percentile of |logp_sampler - logp_loss|
+    sampler_ratio_outside   fraction of exp(logp_loss - logp_sampler) outside [0.9, 1.1]
+    logp_sampler is log softmax(logits / T) of the token when it was drawn (eval mode, no dropout);
+    logp_loss is the loss's first-iteration log-prob of the same token from the same weights. The loss
+    forward runs in train mode, so with lora_dropout > 0 the gap is NOT zero even for an exact sampler: it
+    measures dropout noise plus any sampler error (bf16 rounding, a different attention kernel). With
+    lora_dropout = 0 in fp32 it is rounding only (~1e-6).
 Every record written here also goes to the run's reporters (tokrl/reporting.py: TensorBoard, wandb).
 """
 
@@ -64,6 +74,36 @@ def reset_peak_memory(device: torch.device) -> None:
         _CLEAR_REFS.write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
     except OSError:
         pass  # not Linux, or not permitted: the peak stays the process's lifetime peak (see the module doc)
+
+
+RATIO_BAND = (0.9, 1.1)
+
+
+def sampler_logp_gaps(
+    sampler_logp: Sequence[Sequence[float]] | None, rows: Any, loss_logp: torch.Tensor
+) -> list[float] | None:
+    """|logp_sampler - logp_loss| per selected token: sampler_logp[row][position] against loss_logp [k]
+    (aligned with the LossRows `rows`); None when the sampler gave no log-probs."""
+    if sampler_logp is None:
+        return None
+    if len(rows) == 0:
+        return []
+    sampled = torch.tensor([sampler_logp[b][t] for b, t in zip(rows.row.tolist(), rows.position.tolist(), strict=True)])
+    return (loss_logp.double() - sampled.double()).tolist()  # [k] signed: logp_loss - logp_sampler
+
+
+def sampler_gap_stats(gaps: Sequence[float] | None) -> dict[str, float | None]:
+    """The sampler fidelity metrics (module docstring) from signed gaps logp_loss - logp_sampler."""
+    if not gaps:
+        return {"sampler_logp_gap_mean": None, "sampler_logp_gap_p95": None, "sampler_ratio_outside": None}
+    delta = torch.tensor(list(gaps), dtype=torch.float64)  # [k]
+    ratio = delta.exp()  # [k]
+    outside = (ratio < RATIO_BAND[0]) | (ratio > RATIO_BAND[1])  # [k]
+    return {
+        "sampler_logp_gap_mean": float(delta.abs().mean()),
+        "sampler_logp_gap_p95": float(delta.abs().quantile(0.95)),
+        "sampler_ratio_outside": float(outside.double().mean()),
+    }
 
 
 def peak_memory_mib(device: torch.device) -> float:

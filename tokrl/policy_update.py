@@ -37,9 +37,11 @@ from tokrl_kernels import linear_logprob, linear_pg_loss
 
 @dataclass
 class _Part:
-    """One micro-batch: its forward batch, flat hidden-row index [k_j], targets [k_j], its rows of the step's
-    LossRows, reference log-probs [k_j] (beta > 0) and, after the first iteration, its pi_old log-probs [k_j]."""
+    """One micro-batch: where its rows sit in the step's LossRows (keep [k_j]), its forward batch, flat
+    hidden-row index [k_j], targets [k_j], its rows, reference log-probs [k_j] (beta > 0) and, after the first
+    iteration, its pi_old log-probs [k_j]."""
 
+    keep: torch.Tensor
     batch: PackedBatch
     index: torch.Tensor
     targets: torch.Tensor
@@ -79,6 +81,7 @@ class PolicyUpdate:
         total_updates = max(config.steps * config.num_iterations, 1)
         self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
         self.head = lm_head_weight(model)  # [V, D]
+        self.last_logp = torch.zeros(0)  # [k] fp32 CPU: the last apply's first-iteration log-probs of its rows
 
     @property
     def lr(self) -> float:
@@ -100,14 +103,14 @@ class PolicyUpdate:
         c = self.config
         reset_peak_memory(self.device)
         stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "forward_tokens": 0}
+        self.last_logp = torch.zeros(len(rows))  # [k] aligned with `rows`
         if selected == 0:
             self.skip()
             return {**stats, "update_peak_mem_mib": self._peak_mib()}
         micro = self._micro_batches(prompts, completions, rows)
-        totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
         for it in range(c.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            totals = torch.zeros(4)
+            totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
             for part in micro:
                 totals += self._loss_backward(part, first_iteration=it == 0)
             summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
@@ -118,6 +121,8 @@ class PolicyUpdate:
             self.optimizer.step()
             self.scheduler.step()
         self.model.eval()
+        for part in micro:
+            self.last_logp[part.keep] = part.old_logp.cpu()
         stats["loss"] = float(summed[0])
         stats["grad_norm"] = float(grad_norm)
         stats["clip_frac"] = float(summed[1]) / selected
@@ -145,7 +150,7 @@ class PolicyUpdate:
             batch, index = pack_loss_batch(prompts, completions, part_rows, self.pad_id, self.device)
             targets = part_rows.token.to(self.device)  # [k_j]
             ref_logp = self.reference_logp(batch, index, targets) if self.config.beta > 0 else None  # [k_j] | None
-            parts.append(_Part(batch, index, targets, part_rows, ref_logp))
+            parts.append(_Part(keep, batch, index, targets, part_rows, ref_logp))
         return parts
 
     def _loss_backward(self, part: _Part, first_iteration: bool) -> torch.Tensor:

@@ -1,10 +1,10 @@
-"""Sampling completions with Hugging Face `generate`: G per prompt for RL, one greedy for evaluation.
+"""Sampling completions: G per prompt for RL, one greedy for evaluation, through the sampler registry.
 
 Prompts are token-id lists (the formatted prompt, plus a T-SPMO replay prefix when the algorithm hands one
-out). They are left-padded so every row's last prompt token sits at the same column and new tokens append
-on the right; the attention mask marks the pads. A completion is what `generate` appended, cut after the
-first EOS (the EOS stays: it is a token the policy chose and the loss may select it). A row without EOS ran
-to `max_new_tokens`; `generate` only fills pads after a row's EOS, so nothing else is stripped.
+out). A sampler (`sampler: auto | tokrl | hf`, tokrl/sampler/) continues them and returns each completion
+cut after its first EOS (the EOS stays: it is a token the policy chose and the loss may select it); a row
+without EOS ran to `max_new_tokens`. The tokrl sampler also returns each token's log-prob under
+softmax(logits / T), which the trainer compares with the loss's log-probs.
 
 After the algorithm has selected tokens, `gather_rows` concatenates the groups' selections into batch rows
 (weights divided by the batch's total norm_units) and `pack_loss_batch` builds the one teacher-forced
@@ -12,9 +12,8 @@ forward batch the loss needs: only rows that own a selected token, each cut afte
 position, left-padded, plus the flat hidden-state index of every selected token.
 
 Sampling draws from the global torch RNG; the trainer seeds it from (seed, step) just before, so a
-resumed run samples exactly what an uninterrupted one does. The sampler's settings are passed as a fresh
-`transformers.GenerationConfig`, so a checkpoint's own generation defaults (top_k, repetition penalty)
-never leak in: top_k=0 and the temperature/top_p given here define the distribution the loss assumes.
+resumed run samples exactly what an uninterrupted one does. top_k is off and the temperature/top_p given
+here define the distribution the loss assumes.
 """
 
 from __future__ import annotations
@@ -24,10 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig as HFGenerationConfig
 from transformers import PreTrainedTokenizerBase
 
 from tokrl.algorithms import GroupSelection
+from tokrl.sampler import AUTO, SamplingOptions, resolve_sampler
+from tokrl.sampler.rows import cut_at_eos, eos_token_ids, left_pad, pad_token_id
+
+__all__ = ["cut_at_eos", "eos_token_ids", "left_pad"]  # re-exported: they lived here before the samplers
 
 
 @dataclass
@@ -37,12 +39,17 @@ class Rollout:
     prompts: per row the token ids generation continued from (prompt + prefix)
     completions: per row the new token ids (EOS kept, no padding)
     seconds: wall time of generate; generated_tokens: sum of completion lengths
+    logprobs: per row the log-prob of each completion token under softmax(logits / T) at sampling time
+        (before top-p truncation), aligned with `completions`; None when the sampler gives none (hf)
+    sampler: the sampler that ran ("tokrl" | "hf")
     """
 
     prompts: list[list[int]]
     completions: list[list[int]]
     seconds: float
     generated_tokens: int
+    logprobs: list[list[float]] | None = None
+    sampler: str = ""
 
     @property
     def tokens_per_second(self) -> float:
@@ -52,52 +59,6 @@ class Rollout:
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt text (the tokenizer's special tokens, e.g. a BOS, included)."""
     return [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
-
-
-def eos_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no EOS token; completions could never end")
-    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
-
-
-def left_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token-id rows to one length: (input_ids [B, L] int64, attention_mask [B, L] int64)."""
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)  # [B, L]
-    mask = torch.zeros((len(rows), width), dtype=torch.int64)  # [B, L]
-    for b, row in enumerate(rows):
-        if row:
-            ids[b, width - len(row) :] = torch.as_tensor(list(row), dtype=torch.int64)  # [len]
-            mask[b, width - len(row) :] = 1  # [len]
-    return ids.to(device), mask.to(device)
-
-
-def cut_at_eos(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
-    """tokens up to and including the first EOS (all of them when there is none)."""
-    out: list[int] = []
-    for t in tokens:
-        out.append(int(t))
-        if t in eos_ids:
-            break
-    return out
-
-
-def _hf_generation_config(
-    tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float
-) -> HFGenerationConfig:
-    eos = eos_token_ids(tokenizer)
-    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
-    return HFGenerationConfig(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
-        use_cache=True,
-        do_sample=do_sample,
-        **sampling,
-    )
 
 
 @torch.no_grad()
@@ -111,35 +72,42 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int | None = None,
+    num_generations: int = 1,
+    sampler: str = AUTO,
 ) -> Rollout:
-    """Continue every prompt row (eval mode: no dropout) and return its completion, cut at EOS.
+    """Continue every prompt row `num_generations` times (eval mode: no dropout); rows g*G .. g*G + G - 1
+    of the result continue prompt g. Each completion is cut at EOS.
 
     Sampling (do_sample=True) draws from softmax(logits / temperature) restricted to the top_p nucleus;
-    do_sample=False is greedy. Rows run in chunks of `batch_size` (all at once when None).
+    do_sample=False is greedy. `batch_size` caps the rows per sampler call (all at once when None; at least
+    one prompt's G rows). `sampler`: auto | tokrl | hf (tokrl/sampler/registry.py).
     """
+    options = SamplingOptions(do_sample=do_sample, temperature=temperature, top_p=top_p)
+    chosen = resolve_sampler(sampler, model)
+    eos, pad = eos_token_ids(tokenizer), pad_token_id(tokenizer)
+    per_call = max((batch_size or max(len(prompts) * num_generations, 1)) // num_generations, 1)  # prompts
+    completions: list[list[int]] = []
+    logprobs: list[list[float]] | None = []
     was_training = model.training
     model.eval()
-    config = _hf_generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p)
-    eos = eos_token_ids(tokenizer)
-    device = next(model.parameters()).device
-    chunk = batch_size or max(len(prompts), 1)
-    completions: list[list[int]] = []
     start = time.perf_counter()
     try:
-        for lo in range(0, len(prompts), chunk):
-            rows = prompts[lo : lo + chunk]
-            ids, mask = left_pad(rows, config.pad_token_id, device)  # [b, P], [b, P]
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)  # [b, P + n]
-            new = out[:, ids.shape[1] :].tolist()  # b x n token ids
-            completions.extend(cut_at_eos(row, eos) for row in new)
+        for lo in range(0, len(prompts), per_call):
+            tokens, logp = chosen.generate(
+                model, prompts[lo : lo + per_call], num_generations=num_generations,
+                max_new_tokens=max_new_tokens, options=options, eos_ids=eos, pad_id=pad,
+            )  # fmt: skip
+            completions.extend(tokens)
+            logprobs = logprobs + logp if logprobs is not None and logp is not None else None
     finally:
         model.train(was_training)
-    seconds = time.perf_counter() - start
     return Rollout(
-        prompts=[list(p) for p in prompts],
+        prompts=[list(p) for p in prompts for _ in range(num_generations)],
         completions=completions,
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
         generated_tokens=sum(len(c) for c in completions),
+        logprobs=logprobs,
+        sampler=chosen.name,
     )
 
 
@@ -150,6 +118,8 @@ def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
         completions=[row for part in parts for row in part.completions],
         seconds=sum(part.seconds for part in parts),
         generated_tokens=sum(part.generated_tokens for part in parts),
+        logprobs=None if any(p.logprobs is None for p in parts) else [r for p in parts for r in p.logprobs],
+        sampler=parts[0].sampler if parts else "",
     )
 
 
@@ -162,12 +132,14 @@ def sample_groups(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
+    sampler: str = AUTO,
 ) -> Rollout:
-    """G sampled completions per prompt: rows g*G .. g*G + G - 1 belong to prompt g."""
-    rows = [list(p) for p in prompts for _ in range(num_generations)]
+    """G sampled completions per prompt: rows g*G .. g*G + G - 1 belong to prompt g (the tokrl sampler
+    prefills each prompt once and shares its cache across the G rows)."""
     return generate(
-        model, tokenizer, rows, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p
-    )
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+        top_p=top_p, num_generations=num_generations, sampler=sampler,
+    )  # fmt: skip
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Sequence[int]]) -> list[str]:

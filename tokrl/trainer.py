@@ -45,7 +45,14 @@ from tokrl.checkpoint import StopSignals, load_checkpoint, rng_state, save_check
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.context import check_prompt_lengths
 from tokrl.evaluate import evaluate
-from tokrl.metrics import MetricsLog, peak_memory_mib, reset_peak_memory, reward_stats
+from tokrl.metrics import (
+    MetricsLog,
+    peak_memory_mib,
+    reset_peak_memory,
+    reward_stats,
+    sampler_gap_stats,
+    sampler_logp_gaps,
+)
 from tokrl.models import apply_lora, load_model, trainable_parameter_count
 from tokrl.policy_update import PolicyUpdate
 from tokrl.reporting import build_reporters, check_reporters
@@ -233,7 +240,7 @@ class Trainer:
         prefixes = [self.algorithm.rollout_prefix(key, gen) for key, gen in zip(keys, generators, strict=True)]
         rows = [p + x for p, x in zip(prompt_ids, prefixes, strict=True)]
         options = {"max_new_tokens": c.generation.max_new_tokens, "temperature": c.generation.temperature,
-                   "top_p": c.generation.top_p}  # fmt: skip
+                   "top_p": c.generation.top_p, "sampler": c.generation.sampler}  # fmt: skip
         if c.sample_per_prompt:  # prompt j's completions depend on (seed, step, j) only, not on the rank
             parts = []
             for j, row in zip(local, rows, strict=True):
@@ -271,8 +278,11 @@ class Trainer:
         counts = torch.tensor([sum(s.norm_units for s in selections), sum(len(s) for s in selections)]).double()
         units, selected = distributed.all_reduce_sum(counts).tolist()  # global norm_units and selected tokens
         rows = gather_rows(selections, c.generation.num_generations, units=units)
+        gen_seconds = time.perf_counter() - start
         stats = self.update.apply(out.prompts, out.completions, rows, step, int(selected))
         gen_peak = max(s["gen_peak_mem_mib"] for s in shards)
+        update_seconds = time.perf_counter() - start - gen_seconds
+        gaps = distributed.all_gather_object(sampler_logp_gaps(out.logprobs, rows, self.update.last_logp))
         mean, std = reward_stats([r for group in everyone for r in group.rewards])
         completions = [comp for group in everyone for comp in group.completions]
         prefix_lens = [n for shard in shards for n in shard["prefix_lens"]]
@@ -288,6 +298,9 @@ class Trainer:
             "selected_tokens": int(selected),
             **stats,
             "lr": self.update.lr,
+            **sampler_gap_stats([g for shard in gaps for g in shard] if None not in gaps else None),
+            "gen_seconds": gen_seconds,
+            "update_seconds": update_seconds,
             "step_time_s": time.perf_counter() - start,
             "gen_tokens_per_s": sum(s["tokens"] for s in shards) / max(max(s["seconds"] for s in shards), 1e-9),
             "gen_peak_mem_mib": gen_peak,
@@ -301,6 +314,7 @@ class Trainer:
         return evaluate(
             self.model, self.task, tokenizer=self.tokenizer, limit=c.eval_size or None,
             batch_size=c.eval_batch_size, max_new_tokens=c.generation.max_new_tokens, sharded=True,
+            sampler=c.generation.sampler,
         )  # fmt: skip
 
     def save(self) -> Path:

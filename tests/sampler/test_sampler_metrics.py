@@ -1,0 +1,58 @@
+"""The trainer's sampler metrics: timing split, and the sampler-vs-loss log-prob gap on selected tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.test_trainer import HashRewardTrainer, small_config
+from tokrl.metrics import sampler_gap_stats
+
+
+def test_gap_stats_on_known_values():
+    gaps = [0.0, 0.05, -0.2, 0.1] * 5  # ratios 1, 1.051, 0.819, 1.105
+    stats = sampler_gap_stats(gaps)
+    assert stats["sampler_logp_gap_mean"] == pytest.approx(0.0875)
+    assert stats["sampler_logp_gap_p95"] == pytest.approx(0.2)
+    assert stats["sampler_ratio_outside"] == pytest.approx(0.5)  # -0.2 and 0.1 (exp(0.1) = 1.105 > 1.1)
+    assert set(sampler_gap_stats(None).values()) == {None}
+
+
+@pytest.mark.parametrize(("algorithm", "replay"), [("s-grpo", 0.0), ("t-spmo", 1.0)])
+def test_tokrl_sampler_matches_the_loss_policy_without_dropout(tmp_path, algorithm, replay):
+    """lora_dropout=0, fp32: the sampler's log-probs are the loss's up to rounding, replay prefixes included."""
+    config = small_config(
+        tmp_path, algorithm=algorithm, replay_prob=replay, steps=2, lora_dropout=0.0, sampler="tokrl", eval_size=2
+    )
+    trainer = HashRewardTrainer(config)
+    trainer.setup()
+    if replay:  # successes in the buffer, so T-SPMO hands out replay prefixes (prompt rows with a prefix)
+        for example in trainer.batch_examples(0) + trainer.batch_examples(1):
+            answer = trainer.tokenizer("1234567", add_special_tokens=False)["input_ids"]
+            trainer.algorithm.replay.add(trainer.task.format_prompt(example["prompt"]), answer, 1.0)
+    for step in range(2):
+        record = trainer.train_step(step)
+        if record["selected_tokens"]:
+            assert record["sampler_logp_gap_p95"] < 1e-4, record
+            assert record["sampler_ratio_outside"] == 0.0
+        assert 0 < record["gen_seconds"] and 0 < record["update_seconds"]
+        assert record["gen_seconds"] + record["update_seconds"] <= record["step_time_s"]
+    if algorithm == "t-spmo":
+        assert record["prefix_len"] > 0  # the replay path was exercised
+
+
+def test_dropout_makes_a_gap_and_hf_reports_none(tmp_path):
+    torch.manual_seed(0)
+    with_dropout = HashRewardTrainer(small_config(tmp_path / "a", steps=1, lora_dropout=0.5, sampler="tokrl"))
+    with_dropout.setup()
+    for p in with_dropout.model.parameters():  # a non-zero LoRA-B, so dropout on the adapter input matters
+        if p.requires_grad and p.dim() == 2 and p.shape[1] < p.shape[0]:
+            p.data.normal_(0, 0.1)
+    record = with_dropout.train_step(0)
+    assert record["sampler_logp_gap_mean"] > 1e-4  # the gap metric can see a mismatch
+    hf = HashRewardTrainer(small_config(tmp_path / "b", steps=1, sampler="hf"))
+    hf.setup()
+    record = hf.train_step(0)
+    assert record["sampler_logp_gap_mean"] is None and not math.isnan(record["gen_seconds"])

@@ -1,0 +1,47 @@
+"""The `tokrl` sampler: the engine of tokrl/sampler/engine.py, eager on CPU, CUDA-graph decode steps on GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from tokrl.sampler.engine import model_body, run_eager, unsupported_reason
+from tokrl.sampler.registry import register_sampler
+from tokrl.sampler.rows import cut_at_eos
+from tokrl.sampler.token_sampling import SamplingOptions
+
+
+@register_sampler("tokrl")
+class TokrlSampler:
+    """Static KV cache, one prefill per distinct prompt, sampling inside the step, log-probs per token."""
+
+    def unsupported_reason(self, model: torch.nn.Module) -> str | None:
+        return unsupported_reason(model)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: torch.nn.Module,
+        prompts: Sequence[Sequence[int]],
+        *,
+        num_generations: int,
+        max_new_tokens: int,
+        options: SamplingOptions,
+        eos_ids: Sequence[int],
+        pad_id: int,
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        body = model_body(model)
+        batch = len(prompts) * num_generations
+        if batch == 0 or max_new_tokens == 0:
+            return [[] for _ in range(batch)], [[] for _ in range(batch)]
+        args = (body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id)
+        if body.get_output_embeddings().weight.device.type == "cuda":
+            from tokrl.sampler.cuda_graph import run_graphed  # CUDA only: keeps CPU imports light
+
+            state = run_graphed(*args)
+        else:
+            state = run_eager(*args)
+        tokens = [cut_at_eos(row, eos_ids) for row in state.tokens[:batch].tolist()]  # B x <= n
+        logps = state.logps[:batch].tolist()  # B x n
+        return tokens, [lp[: len(t)] for lp, t in zip(logps, tokens, strict=True)]
