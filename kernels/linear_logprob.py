@@ -125,7 +125,8 @@ def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, D, V, s
                          BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION) * inv_temp  # fmt: skip  # [BM, BV]
         z = tl.where(col_mask[None, :], z, float("-inf"))
         tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))  # finite: every tile has a valid column
+        # NaN-propagating max: a NaN logit (NaN hidden, inf * 0 weight) must reach lse, as in torch.
+        new_max = tl.maximum(run_max, tl.max(z, axis=1), propagate_nan=tl.PropagateNan.ALL)
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         run_max = new_max
     # stats is [3, n_splits, k]: (max, sum of exp, target logit) per split and row.
@@ -148,13 +149,15 @@ def _merge_kernel(stats_ptr, logp_ptr, lse_ptr, k, n_splits, BLOCK: tl.constexpr
         m_s = tl.load(stats_ptr + s * k + rows, mask=mask, other=0.0)
         sum_s = tl.load(stats_ptr + (n_splits + s) * k + rows, mask=mask, other=1.0)  # padding rows: log(1)
         tgt_logit += tl.load(stats_ptr + (2 * n_splits + s) * k + rows, mask=mask, other=0.0)
-        new_max = tl.maximum(run_max, m_s)
+        new_max = tl.maximum(run_max, m_s, propagate_nan=tl.PropagateNan.ALL)
         run_sum = run_sum * tl.exp(run_max - new_max) + sum_s * tl.exp(m_s - new_max)
         run_max = new_max
     lse = run_max + tl.log(run_sum)
     tl.store(lse_ptr + rows, lse, mask=mask)
     # lse >= max >= target logit in exact arithmetic; the clamp only guards rounding (log-probs are <= 0).
-    tl.store(logp_ptr + rows, tl.minimum(tgt_logit - lse, 0.0), mask=mask)
+    # A where, not tl.minimum: minimum drops a NaN operand, and a NaN log-prob must stay NaN.
+    logp = tgt_logit - lse
+    tl.store(logp_ptr + rows, tl.where(logp > 0.0, 0.0, logp), mask=mask)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["D", "V", "HAS_DW"], reset_to_zero=["dh_ptr", "dw_ptr"])
