@@ -16,8 +16,8 @@ from tokrl_kernels import linear_pg_loss, reference
 
 pytest.importorskip("triton")
 from tokrl_kernels import _backward_gemm  # noqa: E402  (after the skip: needs triton)
-from tokrl_kernels.triton_logprob import backward_variant  # noqa: E402
 from tokrl_kernels.pg_loss import pg_epilogue  # noqa: E402
+from tokrl_kernels.triton_logprob import backward_variant  # noqa: E402
 
 
 def _epilogue_inputs(k: int, *, old: bool, ref: bool, weights: bool) -> dict:
