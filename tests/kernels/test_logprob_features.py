@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-import tokrl_kernels
 from tests.utils import assert_close_to_ref, full_logits_entropy, full_logits_logprob
 from tokrl_kernels import linear_logprob, linear_pg_loss
 
