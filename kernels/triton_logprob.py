@@ -64,7 +64,8 @@ class _Options:
 class _LinearLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, index, opts: _Options):
-        logp, lse, entropy = lse_forward(hidden, weight, targets, index, opts.temperature, opts.with_entropy)
+        with torch.autocast(hidden.device.type, enabled=False):  # no torch op here may change dtype under autocast
+            logp, lse, entropy = lse_forward(hidden, weight, targets, index, opts.temperature, opts.with_entropy)
         ctx.save_for_backward(hidden, weight, targets, index, lse, entropy)
         ctx.opts = opts
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: skip its term
@@ -79,10 +80,11 @@ class _LinearLogprob(torch.autograd.Function):
         # [k] fp32 contiguous; sum() hands in a stride-0 expand; a missing gradient is zero.
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float().contiguous()
         grad_entropy = None if grad_entropy is None else grad_entropy.float().contiguous()
-        grad_h, grad_w = _BACKWARDS[ctx.opts.backward](
-            hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_h, need_w,
-            ctx.opts.temperature,
-        )  # fmt: skip
+        with torch.autocast(hidden.device.type, enabled=False):  # the GEMM backward's addmm would become bf16
+            grad_h, grad_w = _BACKWARDS[ctx.opts.backward](
+                hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_h, need_w,
+                ctx.opts.temperature,
+            )  # fmt: skip
         grad_hidden = grad_h.to(hidden.dtype) if need_h else None  # [N, D]
         grad_weight = grad_w.to(weight.dtype) if need_w else None  # [V, D]
         return grad_hidden, grad_weight, None, None, None
