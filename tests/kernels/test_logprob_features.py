@@ -166,9 +166,9 @@ def test_autocast_changes_nothing(impl: str):
 MIXED = [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.bfloat16)]
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize(("impl", "variant"), IMPL_VARIANTS, ids=IMPL_IDS)
 @pytest.mark.parametrize(("h_dtype", "w_dtype"), MIXED, ids=["bf16-fp32", "fp32-bf16", "fp16-bf16"])
-def test_mixed_dtypes_compute_in_fp32(impl: str, h_dtype: torch.dtype, w_dtype: torch.dtype):
+def test_mixed_dtypes_compute_in_fp32(impl: str, variant: str, h_dtype: torch.dtype, w_dtype: torch.dtype):
     hidden = torch.randn(10, 40).to(h_dtype)
     weight = (torch.randn(1003, 40) / math.sqrt(40)).to(w_dtype)
     index = torch.tensor([1, 4, 4, 9, 0])
@@ -182,7 +182,8 @@ def test_mixed_dtypes_compute_in_fp32(impl: str, h_dtype: torch.dtype, w_dtype: 
         logp.backward(upstream.to(logp.dtype))
         return logp.detach(), h.grad, w.grad
 
-    fast = run(hidden, weight, lambda h, w: linear_logprob(h, w, targets, index, impl=impl))
+    with backward_variant(variant):
+        fast = run(hidden, weight, lambda h, w: linear_logprob(h, w, targets, index, impl=impl))
     full = lambda h, w: full_logits_logprob(h, w, targets, index, 1.0)  # noqa: E731
     ref = run(hidden.double(), weight.double(), full)
     # The fp32 computation of the same upcast operands; gradients rounded to the inputs' dtypes as fast's are.
