@@ -23,12 +23,13 @@ D, V = 1536, 151936
 ATOL = {torch.float32: 1e-4, torch.bfloat16: 2e-3}
 MiB = 2**20
 
-# (id, dtype, N rows of hidden, k selected, repeats, backward variant): why
+# (id, dtype, N rows of hidden, k selected, repeats, backward variant, head trained): why
 CASES = [
-    ("bf16-k4096", torch.bfloat16, 4096, 4096, False, "gemm"),  # the target shape of the benchmarks
-    ("bf16-k4096-repeats", torch.bfloat16, 1024, 4096, True, "gemm"),  # ~4 hits per row: index_add_ adds up
-    ("bf16-k4096-atomic", torch.bfloat16, 4096, 4096, False, "atomic"),  # the atomic backward, kept for timing
-    ("fp32-k512", torch.float32, 512, 512, False, "gemm"),  # fp32 takes IEEE dots: no TF32 drift allowed
+    ("bf16-k4096", torch.bfloat16, 4096, 4096, False, "gemm", True),  # the target shape of the benchmarks
+    ("bf16-k4096-frozen", torch.bfloat16, 4096, 4096, False, "gemm", False),  # LoRA: dH only, workspace bound
+    ("bf16-k4096-repeats", torch.bfloat16, 1024, 4096, True, "gemm", True),  # ~4 hits per row: index_add_ adds
+    ("bf16-k4096-atomic", torch.bfloat16, 4096, 4096, False, "atomic", True),  # the atomic backward, for timing
+    ("fp32-k512", torch.float32, 512, 512, False, "gemm", True),  # fp32 takes IEEE dots: no TF32 drift allowed
 ]
 
 
@@ -47,10 +48,10 @@ def _inputs(dtype, n_rows, k, repeats):
     )  # fmt: skip
 
 
-def _run(fn, x, **kw):
+def _run(fn, x, train_head=True, **kw):
     """(loss, logp, dH, dW, peak bytes above the start) of one forward + backward."""
     hidden = x["hidden"].clone().requires_grad_(True)
-    weight = x["weight"].clone().requires_grad_(True)
+    weight = x["weight"].clone().requires_grad_(train_head)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
@@ -62,24 +63,27 @@ def _run(fn, x, **kw):
     return out[0].detach(), out[1].detach(), hidden.grad, weight.grad, peak
 
 
-@pytest.mark.parametrize("dtype,n_rows,k,repeats,variant", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_full_size_matches_twin(dtype, n_rows, k, repeats, variant):
+@pytest.mark.parametrize("dtype,n_rows,k,repeats,variant,train_head", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_full_size_matches_twin(dtype, n_rows, k, repeats, variant, train_head):
     from tokrl_kernels.triton_logprob import backward_variant
 
     x = _inputs(dtype, n_rows, k, repeats)
     with backward_variant(variant):
-        _run(linear_pg_loss, x, impl="triton")  # autotuning (and its L2-flush buffer) happens here, not below
-        fast = _run(linear_pg_loss, x, impl="triton")
-    twin = _run(linear_pg_loss, x, impl="torch")
-    naive = _run(naive_pg_loss, x)
+        _run(linear_pg_loss, x, train_head, impl="triton")  # autotuning (and its L2-flush buffer) happens here
+        fast = _run(linear_pg_loss, x, train_head, impl="triton")
+    twin = _run(linear_pg_loss, x, train_head, impl="torch")
+    naive = _run(naive_pg_loss, x, train_head)
     atol = ATOL[dtype]
     assert (fast[1] <= 0).all()
-    for i, name in enumerate(("loss", "logp", "dH", "dW")):
+    for i, name in enumerate(("loss", "logp", "dH", "dW") if train_head else ("loss", "logp", "dH")):
         scale = 1.0 if i != 0 else max(1.0, twin[0].abs().item())
         assert_close_to_ref(fast[i], naive[i], twin[i], atol=atol * scale, name=name)
+    if not train_head:
+        assert fast[3] is None
     # The fp32 gradient accumulators and their casts to the input dtype are outputs; anything beyond is workspace.
     cast = 0 if dtype == torch.float32 else torch.empty(0, dtype=dtype).element_size()
-    grads = (4 + cast) * (n_rows * D + V * D)
+    grads = (4 + cast) * (n_rows * D + (V * D if train_head else 0))
     extra = fast[4] - grads
     logits_fp32 = 4 * k * V
     assert extra < 64 * MiB, f"Triton path used {extra / MiB:.0f} MiB beyond its gradients (limit 64 MiB)"
