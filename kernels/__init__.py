@@ -3,14 +3,21 @@
     from tokrl_kernels import linear_logprob, linear_pg_loss, PGLoss
 
     logp = linear_logprob(hidden, weight, targets, index=None, *, temperature=1.0, impl="auto")
+    logp, entropy = linear_logprob(..., return_entropy=True)
     out = linear_pg_loss(hidden, weight, targets, advantages, index=None, *, old_logp=None, ref_logp=None,
                          weights=None, eps_low=0.2, eps_high=0.2, beta=0.0, temperature=1.0,
                          reduction="sum", impl="auto")   # -> PGLoss(loss, logp, clipped)
 
-Shapes: hidden [N, D] and weight [V, D] (the LM head) in one of fp32/bf16/fp16; index [k] int64 rows of
+Shapes: hidden [N, D] and weight [V, D] (the LM head) in fp32/bf16/fp16; index [k] int64 rows of
 hidden (repeats allowed; None = all rows); targets, advantages, old_logp, ref_logp, weights [k]. The
 [k, V] logits are never materialised: memory does not grow with the vocabulary. The math is in
 `tokrl_kernels.reference`, the PyTorch twin every implementation is tested against.
+
+Dtype contract (both implementations, the same under `torch.autocast` as outside it: autocast is not applied
+inside the ops): log-probs, entropies and the loss are fp32; the logits are accumulated in fp32 from operands
+in the inputs' dtype (bf16/fp16 on tensor cores, fp32 as IEEE fp32, never TF32); when hidden and weight differ
+in dtype (e.g. bf16 hidden states and an fp32 head), both are upcast and multiplied in fp32. Gradients come
+back in each input's own dtype.
 
 This package depends on torch only (triton is imported lazily); it never imports tokrl, transformers or peft.
 """
@@ -39,15 +46,20 @@ def linear_logprob(
     index: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
+    return_entropy: bool = False,
     impl: str = "auto",
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log softmax(hidden[index] @ weight.T / temperature)[targets]: fp32 [k], each <= 0.
 
-    Differentiable w.r.t. hidden, and w.r.t. weight when it requires grad.
+    return_entropy=True returns (logp [k], entropy [k]): entropy_i = -sum_v p_v log p_v of
+    p = softmax(hidden[index[i]] @ weight.T / temperature), over the full vocabulary, computed in the same sweep.
+    Both are differentiable w.r.t. hidden, and w.r.t. weight when it requires grad.
     """
     backend = get_backend(impl, _device_of(hidden))
     index = validate_logprob_inputs(hidden, weight, targets, index, temperature)
-    return backend.logprob(hidden, weight, targets, index, float(temperature))
+    if not isinstance(return_entropy, bool):
+        raise TypeError(f"return_entropy: expected a bool, got {type(return_entropy).__name__}")
+    return backend.logprob(hidden, weight, targets, index, float(temperature), return_entropy=return_entropy)
 
 
 def linear_pg_loss(

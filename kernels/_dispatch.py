@@ -60,10 +60,10 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
-def _triton_logprob(hidden, weight, targets, index, temperature):
-    from tokrl_kernels.linear_logprob import linear_logprob
+def _triton_logprob(hidden, weight, targets, index, temperature, return_entropy=False):
+    from tokrl_kernels.triton_logprob import linear_logprob
 
-    return linear_logprob(hidden, weight, targets, index, temperature=temperature)
+    return linear_logprob(hidden, weight, targets, index, temperature=temperature, return_entropy=return_entropy)
 
 
 def _triton_epilogue(*args, **kwargs):

@@ -14,7 +14,8 @@ import torch
 
 from tokrl_kernels._validation import validate_logprob_inputs, validate_pg_inputs
 
-LogprobFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+# (hidden, weight, targets, index, temperature, return_entropy=False) -> logp [k] or (logp [k], entropy [k])
+LogprobFn = Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 EpilogueFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 

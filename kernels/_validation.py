@@ -66,8 +66,9 @@ def validate_logprob_inputs(
         raise ValueError(f"weight: expected a 2-D tensor [V, D] (the LM head), got {_describe(weight)}")
     if hidden.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"hidden: expected float32, bfloat16 or float16, got {hidden.dtype}")
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight: expected the dtype of hidden ({hidden.dtype}), got {weight.dtype}")
+    if weight.dtype not in _FLOAT_DTYPES:
+        # A dtype of its own may differ from hidden's (both are then upcast to fp32): see the dtype contract.
+        raise TypeError(f"weight: expected float32, bfloat16 or float16 (hidden is {hidden.dtype}), got {weight.dtype}")
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight: expected hidden size D={hidden.shape[1]} (from hidden), got {weight.shape[1]}")
     if weight.device != hidden.device:

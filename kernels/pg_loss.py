@@ -49,8 +49,10 @@ def _pg_forward_kernel(logp_ptr, adv_ptr, old_ptr, ref_ptr, w_ptr, loss_ptr, cli
     else:
         ratio = tl.full((BLOCK,), 1.0, dtype=tl.float32)
     clipped = ((adv > 0) & (ratio > ratio_hi)) | ((adv < 0) & (ratio < ratio_lo))
-    clamped = tl.minimum(tl.maximum(ratio, ratio_lo), ratio_hi)
-    loss = -tl.minimum(ratio * adv, clamped * adv)
+    # NaN-propagating min/max: a NaN log-prob gives a NaN loss, as torch's min/clamp do (the default drops NaN).
+    clamped = tl.maximum(ratio, ratio_lo, propagate_nan=tl.PropagateNan.ALL)
+    clamped = tl.minimum(clamped, ratio_hi, propagate_nan=tl.PropagateNan.ALL)
+    loss = -tl.minimum(ratio * adv, clamped * adv, propagate_nan=tl.PropagateNan.ALL)
     coef = tl.where(clipped, 0.0, -adv * ratio)
     if HAS_KL:
         delta = tl.load(ref_ptr + rows, mask=mask, other=0.0).to(tl.float32) - logp

@@ -124,3 +124,12 @@ def load_benchmark_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def full_logits_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, index: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """-sum_v p_v log p_v of softmax(hidden[index] @ weight.T / T) over full [k, V] logits (entr(0) = 0), [k]."""
+    rows = hidden if index is None else hidden[index]  # [k, D]
+    logits = (rows @ weight.T).float() if rows.dtype != torch.float64 else rows @ weight.T  # [k, V]
+    return torch.special.entr(torch.softmax(logits / temperature, dim=-1)).sum(-1)  # [k]

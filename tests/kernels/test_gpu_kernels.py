@@ -1,8 +1,11 @@
 """The Triton kernels at Qwen2-1.5B's LM-head shape on CUDA (skipped with "needs CUDA" elsewhere).
 
-D = 1536, V = 151936, k = 4096 (distinct rows, and rows drawn with repeats). At this size the float64 full-logits
-truth does not fit, so the full-size check compares with the PyTorch twin (fp32 logits, chunked) under the rule
-max|triton - twin| <= 2 * max|naive same dtype - twin| + atol; a float64 check runs on a few rows.
+D = 1536, V = 151936, k = 4096 in bf16 (distinct rows, rows drawn with repeats, both backward variants) and
+k = 512 in fp32 (IEEE dots on CUDA cores are ~10x slower: a small shape keeps the run short). Few autotuning
+keys (one D, one V, two dtypes) so the whole file finishes in well under 2 minutes on an H100/H200.
+At this size the float64 full-logits truth does not fit, so the full-size check compares with the PyTorch
+twin (fp32 logits, chunked) under the rule max|triton - twin| <= 2 * max|naive same dtype - twin| + atol;
+a float64 check runs on a few rows.
 """
 
 from __future__ import annotations
@@ -12,19 +15,21 @@ import math
 import pytest
 import torch
 
-from tests.utils import assert_close_to_ref, naive_pg_loss, ref64_pg_loss
-from tokrl_kernels import linear_pg_loss
+from tests.utils import assert_close_to_ref, full_logits_entropy, full_logits_logprob, naive_pg_loss, ref64_pg_loss
+from tokrl_kernels import linear_logprob, linear_pg_loss
 
 pytestmark = pytest.mark.gpu
 D, V = 1536, 151936
 ATOL = {torch.float32: 1e-4, torch.bfloat16: 2e-3}
 MiB = 2**20
 
-# (id, dtype, N rows of hidden, k selected, repeats): why
+# (id, dtype, N rows of hidden, k selected, repeats, backward variant, head trained): why
 CASES = [
-    ("bf16-k4096", torch.bfloat16, 4096, 4096, False),  # the target shape of the benchmarks
-    ("bf16-k4096-repeats", torch.bfloat16, 1024, 4096, True),  # about 4 hits per row: atomics must add up
-    ("fp32-k4096", torch.float32, 4096, 4096, False),  # fp32 takes IEEE dots: no TF32 drift allowed
+    ("bf16-k4096", torch.bfloat16, 4096, 4096, False, "gemm", True),  # the target shape of the benchmarks
+    ("bf16-k4096-frozen", torch.bfloat16, 4096, 4096, False, "gemm", False),  # LoRA: dH only, workspace bound
+    ("bf16-k4096-repeats", torch.bfloat16, 1024, 4096, True, "gemm", True),  # ~4 hits per row: index_add_ adds
+    ("bf16-k4096-atomic", torch.bfloat16, 4096, 4096, False, "atomic", True),  # the atomic backward, for timing
+    ("fp32-k512", torch.float32, 512, 512, False, "gemm", True),  # fp32 takes IEEE dots: no TF32 drift allowed
 ]
 
 
@@ -43,10 +48,10 @@ def _inputs(dtype, n_rows, k, repeats):
     )  # fmt: skip
 
 
-def _run(fn, x, **kw):
+def _run(fn, x, train_head=True, **kw):
     """(loss, logp, dH, dW, peak bytes above the start) of one forward + backward."""
     hidden = x["hidden"].clone().requires_grad_(True)
-    weight = x["weight"].clone().requires_grad_(True)
+    weight = x["weight"].clone().requires_grad_(train_head)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
@@ -58,21 +63,27 @@ def _run(fn, x, **kw):
     return out[0].detach(), out[1].detach(), hidden.grad, weight.grad, peak
 
 
-@pytest.mark.parametrize("dtype,n_rows,k,repeats", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_full_size_matches_twin(dtype, n_rows, k, repeats):
+@pytest.mark.parametrize("dtype,n_rows,k,repeats,variant,train_head", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_full_size_matches_twin(dtype, n_rows, k, repeats, variant, train_head):
+    from tokrl_kernels.triton_logprob import backward_variant
+
     x = _inputs(dtype, n_rows, k, repeats)
-    _run(linear_pg_loss, x, impl="triton")  # autotuning (and its L2-flush buffer) happens here, not below
-    fast = _run(linear_pg_loss, x, impl="triton")
-    twin = _run(linear_pg_loss, x, impl="torch")
-    naive = _run(naive_pg_loss, x)
+    with backward_variant(variant):
+        _run(linear_pg_loss, x, train_head, impl="triton")  # autotuning (and its L2-flush buffer) happens here
+        fast = _run(linear_pg_loss, x, train_head, impl="triton")
+    twin = _run(linear_pg_loss, x, train_head, impl="torch")
+    naive = _run(naive_pg_loss, x, train_head)
     atol = ATOL[dtype]
     assert (fast[1] <= 0).all()
-    for i, name in enumerate(("loss", "logp", "dH", "dW")):
+    for i, name in enumerate(("loss", "logp", "dH", "dW") if train_head else ("loss", "logp", "dH")):
         scale = 1.0 if i != 0 else max(1.0, twin[0].abs().item())
         assert_close_to_ref(fast[i], naive[i], twin[i], atol=atol * scale, name=name)
+    if not train_head:
+        assert fast[3] is None
     # The fp32 gradient accumulators and their casts to the input dtype are outputs; anything beyond is workspace.
     cast = 0 if dtype == torch.float32 else torch.empty(0, dtype=dtype).element_size()
-    grads = (4 + cast) * (n_rows * D + V * D)
+    grads = (4 + cast) * (n_rows * D + (V * D if train_head else 0))
     extra = fast[4] - grads
     logits_fp32 = 4 * k * V
     assert extra < 64 * MiB, f"Triton path used {extra / MiB:.0f} MiB beyond its gradients (limit 64 MiB)"
@@ -92,3 +103,47 @@ def test_few_rows_match_float64(dtype):
     assert_close_to_ref(fast[0], naive[0], ref.loss, atol=atol * max(1.0, ref.loss.abs().item()), name="loss")
     assert_close_to_ref(fast[2], naive[2], ref.grad_hidden, atol=atol, name="dH")
     assert_close_to_ref(fast[3], naive[3], ref.grad_weight, atol=atol, name="dW")
+
+
+def test_entropy_few_rows_match_float64():
+    # bf16 at full V: logp, entropy and dH of sum(logp + entropy) on 16 rows against float64 full logits.
+    dev = torch.device("cuda")
+    hidden = torch.randn(64, D, device=dev).to(torch.bfloat16)  # [N, D]
+    weight = (torch.randn(V, D, device=dev) * (2.0 / math.sqrt(D))).to(torch.bfloat16)  # [V, D]
+    index = torch.randint(0, 64, (16,), device=dev)  # [k]
+    targets = torch.randint(0, V, (16,), device=dev)  # [k]
+
+    def run(fn, h_in, w_in):
+        h = h_in.clone().requires_grad_(True)
+        logp, entropy = fn(h, w_in)
+        (logp.sum() + entropy.sum()).backward()
+        return logp.detach(), entropy.detach(), h.grad
+
+    full = lambda h, w: (full_logits_logprob(h, w, targets, index, 0.9), full_logits_entropy(h, w, index, 0.9))  # noqa: E731
+    fast = run(lambda h, w: linear_logprob(h, w, targets, index, temperature=0.9, return_entropy=True), hidden, weight)
+    same = run(full, hidden, weight)
+    ref = run(full, hidden.double(), weight.double())
+    for i, name in enumerate(("logp", "entropy", "dH")):
+        assert_close_to_ref(fast[i], same[i], ref[i], atol=ATOL[torch.bfloat16], name=name)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_autocast_changes_nothing_on_cuda(impl):
+    # fp32 inputs under autocast(bf16): bit-identical to the run without it (the twin's GEMMs stay fp32).
+    dev = torch.device("cuda")
+    hidden = torch.randn(256, D, device=dev)  # [N, D]
+    weight = torch.randn(V // 8, D, device=dev) / math.sqrt(D)  # [V/8, D] smaller head: fp32 is slow
+    index = torch.randint(0, 256, (128,), device=dev)  # [k]
+    targets = torch.randint(0, V // 8, (128,), device=dev)  # [k]
+    advantages = torch.randn(128, device=dev)  # [k]
+
+    def run(autocast):
+        h = hidden.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = linear_pg_loss(h, w, targets, advantages, index, impl=impl).loss
+            loss.backward()
+        return loss.detach(), h.grad, w.grad
+
+    for name, a, b in zip(("loss", "dH", "dW"), run(False), run(True), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), f"{name} changes under autocast"

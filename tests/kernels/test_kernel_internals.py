@@ -15,7 +15,9 @@ from tests.utils import assert_close_to_ref, naive_pg_loss
 from tokrl_kernels import linear_pg_loss, reference
 
 pytest.importorskip("triton")
-from tokrl_kernels.pg_loss import pg_epilogue  # noqa: E402  (after the skip: needs triton)
+from tokrl_kernels import _backward_gemm  # noqa: E402  (after the skip: needs triton)
+from tokrl_kernels.pg_loss import pg_epilogue  # noqa: E402
+from tokrl_kernels.triton_logprob import backward_variant  # noqa: E402
 
 
 def _epilogue_inputs(k: int, *, old: bool, ref: bool, weights: bool) -> dict:
@@ -96,10 +98,13 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-def test_triton_path_never_builds_k_by_v():
+@pytest.mark.parametrize("variant", ["gemm", "atomic"])
+def test_triton_path_never_builds_k_by_v(variant, monkeypatch):
     # Every tensor the Triton path creates (workspace, casts, gradients, the interpreter's byte views) is seen at
     # the aten level. A [k, V] tensor of any dtype (>= 2 bytes) exceeds the limit; the fp32 inputs and gradient
-    # accumulators ([N, D], [V, D]) stay under it because k > 2 D.
+    # accumulators ([N, D], [V, D]) stay under it because k > 2 D. The GEMM backward's dz workspace is bounded
+    # by WORKSPACE_BYTES (64 MiB on a GPU, more than a whole [k, V] at these shapes): lowered here to a quarter
+    # of the limit, the bound must hold whatever k and V are.
     n_rows, dim, vocab, k = 64, 40, 1003, 96
     hidden = torch.randn(n_rows, dim, requires_grad=True)
     weight = (torch.randn(vocab, dim) / math.sqrt(dim)).requires_grad_(True)
@@ -108,7 +113,8 @@ def test_triton_path_never_builds_k_by_v():
     advantages = torch.randn(k)
     limit = 2 * k * vocab  # bytes
     assert 4 * max(n_rows * dim, vocab * dim) < limit
-    with _LargestTensor() as probe:
+    monkeypatch.setattr(_backward_gemm, "WORKSPACE_BYTES", limit // 4)
+    with _LargestTensor() as probe, backward_variant(variant):
         linear_pg_loss(hidden, weight, targets, advantages, index, impl="triton").loss.backward()
     assert probe.largest < limit, f"the Triton path built a {probe.largest}-byte tensor (a bf16 [k, V] is {limit})"
     # Control: the same probe sees the naive full-logits computation's [k, V] tensors.
