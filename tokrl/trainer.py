@@ -14,6 +14,10 @@ One step (everything random is seeded from (seed, step), so a resumed run repeat
        (tokrl/policy_update.py, which also holds num_iterations > 1 and the beta > 0 reference log-probs).
 The trainer never branches on the algorithm's name: the registry object decides every algorithmic choice.
 
+Sampling runs through the `sampler` option (tokrl/sampler/: `auto` = the tokrl engine wherever it runs the
+model, else HF generate). The tokrl sampler returns each token's log-prob at sampling time; the step logs
+its gap to the loss's log-probs on the selected tokens (tokrl/metrics.py), and gen_seconds/update_seconds.
+
 Randomness per prompt: prompt j of a step (its index in the step's global prompt list) draws its replay
 prefix and token selection from a generator seeded from (seed, step, j). Sampling draws from the global
 RNG, seeded from (seed, step) and the rank for one generate call per process, or from (seed, step, j) per
