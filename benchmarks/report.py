@@ -153,16 +153,17 @@ def scaling_table(recs: list[dict]) -> list[str]:
     shapes: dict[tuple, list[dict]] = defaultdict(list)
     for r in recs:
         if r.get("mode") in ("fwd", "fwd_bwd"):
-            shapes[(r["mode"], r["n_rows"], r["hidden"], r["vocab"], r["dtype"])].append(r)
+            head = {True: " head trained", False: " head frozen"}.get(r.get("head_grad"), "")
+            shapes[(r["mode"], r["n_rows"], r["hidden"], r["vocab"], r["dtype"], head)].append(r)
     lines: list[str] = []
-    for (mode, n_rows, hidden, vocab, dtype), rs in sorted(shapes.items(), key=lambda kv: kv[0][:2]):
+    for (mode, n_rows, hidden, vocab, dtype, head), rs in sorted(shapes.items(), key=lambda kv: kv[0][:2] + kv[0][5:]):
         ks = sorted({r["n_selected"] for r in rs}, reverse=True)
         if len(ks) < 2:
             continue
         cell = {(r["provider"], r["n_selected"]): r["median_ms"] for r in rs}
         providers = sorted({r["provider"] for r in rs}, key=_provider_key)
         lines += [
-            f"### time vs selected rows: {mode} N={n_rows} D={hidden} V={vocab} {dtype}",
+            f"### time vs selected rows: {mode} N={n_rows} D={hidden} V={vocab} {dtype}{head}",
             "",
             "median ms (share of the same provider's time at the most rows)",
             "",

@@ -147,3 +147,20 @@ def test_cli_merges_several_files(report, tmp_path):
 
 def test_a_file_without_tokrl_benchmarks(report):
     assert "No tokrl benchmarks" in report.render({"benchmarks": []})
+
+
+def test_selected_fraction_scaling_separates_head_modes(report):
+    data = _data()
+    frozen = [json.loads(json.dumps(b)) for b in data["benchmarks"] if b["extra_info"].get("mode") == "fwd_bwd"]
+    for bench in frozen:
+        bench["extra_info"]["head_grad"] = False
+        bench["stats"]["median"] /= 2
+    for bench in data["benchmarks"]:
+        if bench["extra_info"].get("mode") == "fwd_bwd":
+            bench["extra_info"]["head_grad"] = True
+    data["benchmarks"] += frozen
+    text = report.render(data)
+    trained = _table(text, "time vs selected rows: fwd_bwd N=64 D=8 V=101 float32 head trained")
+    frozen_rows = _table(text, "time vs selected rows: fwd_bwd N=64 D=8 V=101 float32 head frozen")
+    assert trained[2] == ["naive", "2.0 (100%)", "2.0 (100%)"]
+    assert frozen_rows[2] == ["naive", "1.0 (100%)", "1.0 (100%)"]
