@@ -29,7 +29,6 @@ import sys
 import typing
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from tokrl.config import DEFAULT_PRESET, PRESETS, flat_fields
@@ -49,12 +48,13 @@ def _config_errors() -> tuple[type[Exception], ...]:
 
 def _run_errors() -> tuple[type[Exception], ...]:
     """Failures of a started run that have a known cause (one line, exit 1): a non-finite loss, a run that
-    trains nothing, a checkpoint that cannot be written (full disk)."""
+    trains nothing, a checkpoint that cannot be written (full disk), a reward function's bad output."""
     from tokrl.checkpoint import CheckpointError
     from tokrl.policy_update import NonFiniteLossError
+    from tokrl.tasks.base import RewardError
     from tokrl.trainer import StalledRunError
 
-    return (NonFiniteLossError, StalledRunError, CheckpointError)
+    return (NonFiniteLossError, StalledRunError, CheckpointError, RewardError)
 
 
 def _fail(args: argparse.Namespace, err: object) -> int:
@@ -183,8 +183,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         validate_device(args.device)
         validate_model_name(args.model)
-        if args.adapter is not None and not Path(args.adapter).is_dir() and _looks_local(args.adapter):
-            raise ValueError(f"adapter: {args.adapter!r} is not a directory; pass a checkpoint-N folder")
     except ValueError as err:
         return _fail(args, err)
     _quiet_dependencies()
@@ -207,11 +205,6 @@ def _yaml_problem(err: Exception) -> str:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
-def _looks_local(name: str) -> bool:
-    """A path rather than a hub id: starts with . / ~, has more than one "/", or names an existing parent."""
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).parent.is_dir()
 
 
 def _version(name: str) -> str:
