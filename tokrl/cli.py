@@ -2,7 +2,11 @@
 
     tokrl train                                   # the tiny-multiplication preset, CPU, a few minutes
     tokrl train --preset svamp-qwen2-1.5b --algorithm t-spmo --output-dir runs/svamp
-    tokrl train --config run.yaml --steps 100 --lora-r 8 --resume
+    tokrl train --config run.yaml --steps 100 --lora-r 8 --output-dir runs/x
+    tokrl train --output-dir runs/x --resume      # continue runs/x with its checkpoint's own config
+    tokrl train --output-dir runs/x --resume --steps 200   # extend it (tokrl.resume.SAFE_TO_CHANGE)
+    tokrl train --resume runs/x/checkpoint-60     # continue from that checkpoint
+    tokrl train --output-dir runs/x --overwrite   # replace runs/x once the new run has started
     tokrl eval --model outputs/x/sft --adapter outputs/x/checkpoint-60 --task multiplication \
         --task-options '{digits_a: 2, digits_b: 1}'
     tokrl env                                     # versions and devices, for bug reports
@@ -13,7 +17,9 @@ only rank 0 prints and writes.
 
 `train` has one flag per TrainConfig field (`--key-name value` or `--key_name value`, help text from the
 field's metadata); values are parsed like YAML (`--task-options '{digits_a: 3}'`, `--resume`, `--progress
-false`). Configuration errors print one line naming the field and exit with status 2.
+false`). Configuration errors print one line naming the field and exit with status 2; a started run that
+fails for a known cause (non-finite loss, nothing to train, full disk, a reward's bad output) prints one
+line and exits with status 1.
 """
 
 from __future__ import annotations
