@@ -18,7 +18,7 @@ from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.checkpoint import CheckpointError, save_checkpoint
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.resume import SAFE_TO_CHANGE, ResumeError, config_differences
-from tokrl.trainer import Trainer
+from tokrl.trainer import Trainer, train
 
 TINY_TASK = {"digits_a": 2, "digits_b": 1, "train_size": 8, "test_size": 4}  # small_config's task options
 
@@ -128,7 +128,7 @@ CLI_TINY = [
 ]  # fmt: skip
 
 
-def test_cli_resume_alone_uses_the_checkpoints_config(tmp_path, capsys):
+def test_cli_resume_alone_uses_the_checkpoints_config(tmp_path, capsys, caplog):
     # The README pair: a run with non-default flags, then `--resume` with only the output dir.
     out = str(tmp_path / "x")
     first = ["train", *CLI_TINY, "--algorithm", "s-grpo", "--steps", "1", "--output-dir", out, "--save-every", "1"]
@@ -140,9 +140,25 @@ def test_cli_resume_alone_uses_the_checkpoints_config(tmp_path, capsys):
     saved = yaml.safe_load((tmp_path / "x" / "checkpoint-2" / "config.yaml").read_text())
     assert saved["generation"]["num_generations"] == 4 and saved["steps"] == 2
     assert main(["train", "--output-dir", out, "--resume"]) == 0  # nothing left to do: same config, step 2
+    # --resume PATH without --output-dir continues in the checkpoint's run directory, from that step.
+    first_adapter = (tmp_path / "x" / "checkpoint-1" / "adapter_model.safetensors").read_bytes()
+    resume_one = ["train", "--resume", str(tmp_path / "x" / "checkpoint-1"), "--steps", "2", "--save-total-limit", "0"]
+    assert main(resume_one) == 0
+    assert f"resumed from {tmp_path / 'x' / 'checkpoint-1'} at step 1" in caplog.text
+    assert (tmp_path / "x" / "checkpoint-1" / "adapter_model.safetensors").read_bytes() == first_adapter
+    assert json.loads((tmp_path / "x" / "results.json").read_text())["steps"] == 2
     before = snapshot(tmp_path / "x")
     capsys.readouterr()
     assert main(["train", "--output-dir", out, "--resume", "--algorithm", "t-spmo"]) == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
     assert "algorithm: 's-grpo' -> 't-spmo'" in err and "Traceback" not in err
     assert snapshot(tmp_path / "x") == before
+
+
+def test_api_train_resume_uses_the_checkpoints_config(run_copy):
+    # `train(resume=True, output_dir=...)` with the preset's defaults would be t-spmo on 3x1 digits: the
+    # checkpoint's config (s-grpo, 2x1) wins because only the given overrides are re-applied.
+    result = train(resume=True, output_dir=str(run_copy), progress=False, steps=3)
+    assert result.steps == 3
+    saved = yaml.safe_load((run_copy / "checkpoint-3" / "config.yaml").read_text())
+    assert saved["algorithm"] == "s-grpo" and saved["task_options"] == TINY_TASK
