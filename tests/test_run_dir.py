@@ -142,3 +142,14 @@ def test_output_dir_not_writable(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == EXIT_CONFIG_ERROR and "is not writable (Read-only file system)" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_resume_without_a_complete_checkpoint_deletes_nothing(run_copy):
+    out, _ = run_copy
+    for checkpoint in ("checkpoint-1", "checkpoint-2"):
+        (out / checkpoint / "optimizer.pt").unlink()
+    before = snapshot(out)
+    trainer = HashRewardTrainer(small_config(out.parent, algorithm="grpo", resume=True))
+    assert trainer.plan.checkpoint is None
+    trainer.setup()  # starts from step 0; the damaged checkpoints stay for the user to inspect
+    assert snapshot(out) == before
