@@ -3,6 +3,7 @@ run after max_empty_steps, and prompts longer than the model's context are refus
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -29,6 +30,8 @@ def test_steps_without_trainable_tokens_stop_the_run(tmp_path):
     with pytest.raises(StalledRunError, match=r"no trainable token in the last 2 steps .*step 2.*max-empty-steps"):
         trainer.run()
     assert trainer.step == 2  # stopped at once, not after all 6 steps
+    records = [json.loads(line) for line in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["selected_tokens"]) for r in records if r["kind"] == "train"] == [(1, 0), (2, 0)]
 
 
 def test_max_empty_steps_zero_never_stops(tmp_path):
