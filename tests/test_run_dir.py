@@ -7,6 +7,7 @@ One real 2-step run (module fixture) is copied for each test; every check compar
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import tokrl.run_dir as run_dir
 import tokrl.trainer as trainer_module
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, main
+from tokrl.config import load_config
+from tokrl.sft import sft_stage
 from tokrl.trainer import Trainer
 
 
@@ -153,3 +156,19 @@ def test_resume_without_a_complete_checkpoint_deletes_nothing(run_copy):
     assert trainer.plan.checkpoint is None
     trainer.setup()  # starts from step 0; the damaged checkpoints stay for the user to inspect
     assert snapshot(out) == before
+
+
+def test_overwrite_rebuilds_a_warm_start_made_with_other_settings(tmp_path):
+    config = small_config(tmp_path, sft_steps=2, sft_batch_size=4)
+    trainer = Trainer(config)
+    path = sft_stage(config, trainer.task, trainer.output_dir, trainer.device, log=lambda m: None)
+    old_weights = (path / "model.safetensors").read_bytes()
+    changed = load_config(base=config, sft_steps=3)
+    with pytest.raises(ValueError, match="different settings .* pass --overwrite"):
+        sft_stage(changed, trainer.task, trainer.output_dir, trainer.device)
+    assert (path / "model.safetensors").read_bytes() == old_weights  # refused: untouched
+    messages: list[str] = []
+    sft_stage(changed, trainer.task, trainer.output_dir, trainer.device, log=messages.append, replace=True)
+    assert "--overwrite rebuilds it" in messages[0]
+    assert json.loads((path / "sft_config.json").read_text())["settings"]["sft_steps"] == 3
+    assert (path / "model.safetensors").read_bytes() != old_weights
