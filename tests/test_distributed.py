@@ -30,9 +30,6 @@ import os
 import signal
 import zlib
 
-interrupted = False
-
-
 def hash_reward(completions, **columns):
     return [float(zlib.crc32(c.encode()) % 2) for c in completions]
 
@@ -44,9 +41,11 @@ def rank1_fails(completions, **columns):
 
 
 def rank1_interrupted(completions, **columns):
-    global interrupted
-    if os.environ.get("RANK") == "1" and len(completions) == 8 and not interrupted:  # step 1's rollout
-        interrupted = True
+    # Once per directory, not per process: the resumed run uses this same reward (a resume must keep the
+    # config) and must not be stopped again.
+    marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interrupted.flag")
+    if os.environ.get("RANK") == "1" and len(completions) == 8 and not os.path.exists(marker):  # step 1
+        open(marker, "w").close()
         signal.raise_signal(signal.SIGTERM)  # only rank 1 is told to stop
     return hash_reward(completions)
 """
@@ -152,7 +151,7 @@ def test_two_processes_match_one_and_resume(workdir):
     assert stopped.returncode != 0 and "interrupted at step 1" in stopped.stdout, stopped.stderr[-3000:]
     assert json.loads((three / "results.json").read_text())["interrupted"]
     assert (three / "checkpoint-1" / "rng_state_rank1.pt").is_file()
-    resumed = torchrun(workdir, three, resume=True)
+    resumed = torchrun(workdir, three, reward="rank1_interrupted", resume=True)  # the same config
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in train_records(three)] == [1, 2]
     again = load_file(str(three / "checkpoint-2" / "adapter_model.safetensors"))

@@ -2,7 +2,11 @@
 
     tokrl train                                   # the tiny-multiplication preset, CPU, a few minutes
     tokrl train --preset svamp-qwen2-1.5b --algorithm t-spmo --output-dir runs/svamp
-    tokrl train --config run.yaml --steps 100 --lora-r 8 --resume
+    tokrl train --config run.yaml --steps 100 --lora-r 8 --output-dir runs/x
+    tokrl train --output-dir runs/x --resume      # continue runs/x with its checkpoint's own config
+    tokrl train --output-dir runs/x --resume --steps 200   # extend it (tokrl.resume.SAFE_TO_CHANGE)
+    tokrl train --resume runs/x/checkpoint-60     # continue from that checkpoint
+    tokrl train --output-dir runs/x --overwrite   # replace runs/x once the new run has started
     tokrl eval --model outputs/x/sft --adapter outputs/x/checkpoint-60 --task multiplication \
         --task-options '{digits_a: 2, digits_b: 1}'
     tokrl plot outputs/tiny-multiplication-{t-spmo,s-grpo,grpo} --out curves.png   # needs tokrl[plot]
@@ -14,7 +18,9 @@ only rank 0 prints and writes.
 
 `train` has one flag per TrainConfig field (`--key-name value` or `--key_name value`, help text from the
 field's metadata); values are parsed like YAML (`--task-options '{digits_a: 3}'`, `--resume`, `--progress
-false`). Configuration errors print one line naming the field and exit with status 2.
+false`). Configuration errors print one line naming the field and exit with status 2; a started run that
+fails for a known cause (non-finite loss, nothing to train, full disk, a reward's bad output) prints one
+line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ import sys
 import typing
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from tokrl.config import DEFAULT_PRESET, PRESETS, flat_fields
@@ -51,12 +56,13 @@ def _config_errors() -> tuple[type[Exception], ...]:
 
 def _run_errors() -> tuple[type[Exception], ...]:
     """Failures of a started run that have a known cause (one line, exit 1): a non-finite loss, a run that
-    trains nothing, a checkpoint that cannot be written (full disk)."""
+    trains nothing, a checkpoint that cannot be written (full disk), a reward function's bad output."""
     from tokrl.checkpoint import CheckpointError
     from tokrl.policy_update import NonFiniteLossError
+    from tokrl.tasks.base import RewardError
     from tokrl.trainer import StalledRunError
 
-    return (NonFiniteLossError, StalledRunError, CheckpointError)
+    return (NonFiniteLossError, StalledRunError, CheckpointError, RewardError)
 
 
 def _fail(args: argparse.Namespace, err: object) -> int:
@@ -192,8 +198,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         validate_device(args.device)
         validate_model_name(args.model)
-        if args.adapter is not None and not Path(args.adapter).is_dir() and _looks_local(args.adapter):
-            raise ValueError(f"adapter: {args.adapter!r} is not a directory; pass a checkpoint-N folder")
     except ValueError as err:
         return _fail(args, err)
     _quiet_dependencies()
@@ -216,11 +220,6 @@ def _yaml_problem(err: Exception) -> str:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
-def _looks_local(name: str) -> bool:
-    """A path rather than a hub id: starts with . / ~, has more than one "/", or names an existing parent."""
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).parent.is_dir()
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ counts are summed over ranks, so every rank returns the accuracy of the whole sp
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,7 +95,19 @@ def _load(name: str, adapter: str | None, dtype: str | None, device: str) -> tup
 
     from tokrl.models import load_model
 
+    if adapter and _missing_local_path(adapter):
+        # Fail now, not after the hub's retries for a repository of that name.
+        raise FileNotFoundError(f"adapter: {adapter!r} does not exist; pass a checkpoint-N folder of a run")
     model, tokenizer = load_model(name, dtype=dtype, device=device)
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
     return model, tokenizer
+
+
+def _missing_local_path(name: str) -> bool:
+    """True for a path that does not exist and cannot be a hub id ("org/name"): it starts with . / ~, has
+    no "/" or more than one, or its parent folder exists."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return False
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or path.parent.is_dir()

@@ -153,10 +153,12 @@ def resume_config(
     """The config of a resumed run: the checkpoint's own config, then what the user passed explicitly
     (`preset` if named, the `config_file`, the `overrides`). `config` is the config built from defaults
     and those same sources; it is returned unchanged when it does not resume or there is no checkpoint."""
+    if config.resume is False:
+        return config
     output_dir = config.resolved_output_dir()
     if isinstance(config.resume, str) and "output_dir" not in overrides:
         output_dir = Path(config.resume).parent  # --resume runs/x/checkpoint-20: the run lives in runs/x
-    config.output_dir = str(output_dir)
+        config.output_dir = str(output_dir)
     checkpoint = checkpoint_to_resume(config, output_dir)
     if checkpoint is None:
         return config

@@ -101,4 +101,4 @@ def plan_run(config: TrainConfig, output_dir: Path) -> RunPlan:
         )
     if config.resume is True:
         logger.info("resume: no complete checkpoint in %s; starting from step 0", output_dir)
-    return RunPlan(output_dir, None, replace_earlier_run=bool(found))
+    return RunPlan(output_dir, None, replace_earlier_run=bool(found) and config.overwrite)

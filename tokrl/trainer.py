@@ -378,10 +378,10 @@ class Trainer:
             while self.step < c.steps and not self._stop_agreed(stop.requested):
                 last = self.train_step(self.step)
                 self.step += 1
-                self._watch_progress(last)
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     log.write(last)
                 log.advance(last)
+                self._watch_progress(last)  # after logging: a stopped run's last step is in metrics.jsonl
                 if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
                     self._log_eval(log, "periodic")
                 if c.save_every and self.step % c.save_every == 0:
