@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+
 import tokrl_kernels
 
 _TILE_ELEMENTS = 1 << 22  # fp32 [rows, vocab slice] tile: 16 MiB, plus one fp32 [slice, D] weight slice

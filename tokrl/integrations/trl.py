@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
-from tokrl_kernels import resolve_impl
 
 from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl_head import UnsupportedByTokrl, check_head_servable, patch_fused_head
 from tokrl.integrations.trl_loss import config_fallback_reason, install_pg_loss
+from tokrl_kernels import resolve_impl
 
 __all__ = ["MODES", "TokrlGRPOTrainer", "UnsupportedByTokrl", "use_tokrl_kernels"]
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import tokrl_kernels
 from transformers import PreTrainedModel
 from trl.trainer.utils import FusedCausalLMOutput
 
+import tokrl_kernels
 from tokrl.integrations.entropy import logprob_and_entropy
 
 # Config attributes that rescale the logits before the softmax, and the value meaning "no scaling".
