@@ -32,6 +32,13 @@ CHARACTERS: tuple[str, ...] = tuple(chr(c) for c in range(32, 127)) + ("\n", "\t
 # token -> id, characters as themselves; specials first so pad/eos/unk have small fixed ids.
 VOCAB: dict[str, int] = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
 
+# A minimal chat template ("role: content" lines, then "assistant: " as the generation prompt), all in the
+# character vocabulary, so conversational (TRL-style) datasets work offline with the tiny model.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
 # The same byte -> printable-character map the Qwen2 (GPT-2 style) pipeline applies before the BPE model.
 _BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
 
@@ -62,4 +69,5 @@ def build_char_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
         padding_side=padding_side,
         # Keep " ," and " ." exactly as generated; the default clean-up would rewrite them.
         clean_up_tokenization_spaces=False,
+        chat_template=CHAT_TEMPLATE,
     )
