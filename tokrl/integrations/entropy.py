@@ -14,12 +14,19 @@ import inspect
 
 import torch
 
-import tokrl_kernels
+# Bound at import: once the Triton backend loads, the submodule `tokrl_kernels.linear_logprob` replaces the
+# package attribute of the same name, so `tokrl_kernels.linear_logprob` would then be a module.
+from tokrl_kernels import linear_logprob
 
 _TILE_ELEMENTS = 1 << 22  # fp32 [rows, vocab slice] tile: 16 MiB, plus one fp32 [slice, D] weight slice
 _ROW_CHUNK = 256
 
-KERNEL_HAS_ENTROPY: bool = "return_entropy" in inspect.signature(tokrl_kernels.linear_logprob).parameters
+if inspect.ismodule(linear_logprob):
+    raise ImportError(
+        "tokrl_kernels.linear_logprob is the Triton submodule, not the public function: import "
+        "tokrl.integrations before the first Triton kernel call"
+    )
+KERNEL_HAS_ENTROPY: bool = "return_entropy" in inspect.signature(linear_logprob).parameters
 
 
 @torch.no_grad()
@@ -61,11 +68,11 @@ def logprob_and_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logp [k] fp32 with gradient, entropy [k] fp32 or None). Entropy has a gradient only from the kernel."""
     if not with_entropy:
-        return tokrl_kernels.linear_logprob(hidden, weight, targets, index, temperature=temperature, impl=impl), None
+        return linear_logprob(hidden, weight, targets, index, temperature=temperature, impl=impl), None
     if KERNEL_HAS_ENTROPY:
-        logp, entropy = tokrl_kernels.linear_logprob(
+        logp, entropy = linear_logprob(
             hidden, weight, targets, index, temperature=temperature, return_entropy=True, impl=impl
         )
         return logp, entropy
-    logp = tokrl_kernels.linear_logprob(hidden, weight, targets, index, temperature=temperature, impl=impl)
+    logp = linear_logprob(hidden, weight, targets, index, temperature=temperature, impl=impl)
     return logp, chunked_entropy(hidden, weight, index, temperature)

@@ -32,8 +32,8 @@ import torch
 from transformers import PreTrainedModel
 from trl.trainer.utils import FusedCausalLMOutput
 
-import tokrl_kernels
 from tokrl.integrations.entropy import logprob_and_entropy
+from tokrl_kernels import linear_pg_loss
 
 # Config attributes that rescale the logits before the softmax, and the value meaning "no scaling".
 _LOGIT_SCALES = {"logit_scale": 1.0, "output_multiplier": 1.0, "lm_head_multiplier": 1.0, "logits_scaling": 1.0}
@@ -144,7 +144,7 @@ def _pg_loss(flat, weight, targets, index, request: PGLossRequest, temperature: 
         kl = torch.exp(delta) - delta - 1.0  # [k]
         advantages = advantages - request.beta * kl
         correction = (request.weights * request.beta * kl).sum()
-    out = tokrl_kernels.linear_pg_loss(
+    out = linear_pg_loss(
         flat, weight, targets, advantages, index,
         old_logp=request.old_logp, ref_logp=request.ref_logp, weights=request.weights,
         eps_low=request.eps_low, eps_high=request.eps_high, beta=request.beta,
