@@ -16,7 +16,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- trl-example -->", "<!-- /trl-example -->"
 HUB_MODEL = '"Qwen/Qwen2-0.5B-Instruct"'
 
-PROPOSED_SECTION = '''
+PROPOSED_SECTION = """
 ```python
 from datasets import Dataset
 from trl import GRPOConfig
@@ -39,7 +39,7 @@ trainer = TokrlGRPOTrainer(
 trainer.train()
 print(trainer.tokrl_kernels_path)  # which kernel computed what
 ```
-'''
+"""
 
 
 def example_code() -> str:
