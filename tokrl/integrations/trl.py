@@ -14,17 +14,20 @@ mode="pg_loss": additionally, TRL's loss is one `linear_pg_loss` call for the co
 exactly (`trl_loss`); the rest fall back to TRL's loss with one warning.
 Models tokrl cannot serve exactly are refused with the reason (`UnsupportedByTokrl`, a ValueError).
 
-Why tokrl's token selection (S-GRPO, T-SPMO) is not offered as a TRL option: it cannot be applied to TRL's
-completion mask without forking TRL's loss and generation. (1) The completion mask is also the attention mask
-of the loss forward, so dropping unselected tokens from it would hide them from the model; the only other
-loss-only mask TRL reads is `tool_mask`, whose meaning is "tool output", and hijacking it would break with
-tools. (2) TRL's loss types renormalise over the mask (per sequence, per batch, by max_completion_length);
-tokrl's algorithms divide each row's weight by their own `norm_units` (selected tokens, T-SPMO pairs), which
-no TRL loss_type reproduces. (3) T-SPMO's advantages are per (prefix, next-token) pair over the group and its
-replay restarts generation from a stored prefix: TRL computes advantages per sequence inside
-`_generate_and_score_completions` and generates from the dataset prompt only. To train S-GRPO or T-SPMO,
-use tokrl's own trainer (`tokrl train --algorithm s-grpo ...`), which reads TRL-style datasets, conversational
-ones included, and TRL-style reward functions.
+Why tokrl's token selection (S-GRPO, T-SPMO) is not offered as a TRL option: applying it to TRL's completion
+mask cannot be done through TRL's public surface, only by forking its private data flow. (1) The completion mask
+is also the attention mask of the loss forward, so dropping unselected tokens from it hides them from the model;
+the only loss-only mask `_compute_loss` reads is `inputs["tool_mask"]`, which means "tool output" and is built
+by TRL's tool loop. (2) TRL's loss types renormalise over that mask (per sequence, per micro-batch, by
+max_completion_length); tokrl divides each selected row's weight by the batch's `norm_units` (selected tokens,
+T-SPMO pairs), so the weights would have to be smuggled into per-token advantages (B, T), rescaled by TRL's
+normaliser and its gradient-accumulation split. (3) tokrl's algorithms need the raw rewards of each group and the
+completion ids, which TRL consumes inside the private `_generate_and_score_completions`, and T-SPMO's replay
+restarts generation from a stored prefix, which TRL's generation (dataset prompt only) cannot do. A subclass
+overriding that private method, hijacking `tool_mask` and re-deriving advantages is a fork of TRL's loss path
+that would break silently on TRL updates. To train S-GRPO or T-SPMO, use tokrl's own trainer
+(`tokrl train --algorithm s-grpo ...`): it reads TRL-style datasets (plain or conversational `prompt` columns)
+and TRL-style reward functions.
 """
 
 from __future__ import annotations
