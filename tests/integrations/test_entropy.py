@@ -46,3 +46,22 @@ def test_logprob_and_entropy_keeps_the_logprob_gradient():
     assert hidden.grad[[1, 3, 4]].abs().max() == 0 and hidden.grad[index].abs().min() > 0
     none = logprob_and_entropy(hidden, weight, targets, index, temperature=1.0, impl="torch", with_entropy=False)
     assert none[1] is None
+
+
+def test_kernel_entropy_is_used_when_the_kernel_offers_it(monkeypatch):
+    """With a `linear_logprob(..., return_entropy=True)` (the kernel issue's signature), its entropy is taken."""
+    calls = []
+
+    def kernel_with_entropy(hidden, weight, targets, index=None, *, temperature=1.0, return_entropy=False, impl="auto"):
+        calls.append(return_entropy)
+        z = hidden[index] @ weight.T / temperature  # [k, V]
+        logp = z.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        return (logp, -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)) if return_entropy else logp
+
+    monkeypatch.setattr(entropy_module, "linear_logprob", kernel_with_entropy)
+    monkeypatch.setattr(entropy_module, "KERNEL_HAS_ENTROPY", True)
+    hidden, weight = torch.randn(4, 8, requires_grad=True), torch.randn(30, 8)
+    _, entropy = logprob_and_entropy(
+        hidden, weight, torch.tensor([1, 2]), torch.tensor([0, 3]), temperature=1.0, impl="torch", with_entropy=True
+    )
+    assert calls == [True] and entropy.requires_grad  # differentiable: the entropy bonus can use it

@@ -167,3 +167,14 @@ def test_pg_loss_mode_falls_back_with_one_warning(tiny_path, tmp_path, overrides
         _assert_same(plain, ours, inputs)
     fallbacks = [w for w in caught if "use_tokrl_kernels" in str(w.message)]
     assert len(fallbacks) == 1 and reason in str(fallbacks[0].message)
+
+
+@pytest.mark.parametrize("mode", ["logprob", "pg_loss"])
+def test_a_batch_without_loss_tokens_gives_a_zero_loss_that_backpropagates(tiny_path, tmp_path, mode):
+    plain, ours = _trainers(tiny_path, tmp_path, mode, loss_type="grpo")
+    inputs = _batch(plain, off_policy=False)
+    inputs["completion_mask"] = torch.zeros_like(inputs["completion_mask"])
+    for trainer in (plain, ours):
+        loss = trainer.compute_loss(trainer.model, inputs)
+        assert loss.item() == 0.0 and loss.requires_grad
+        loss.backward()  # a differentiable zero, as TRL's masked_scatter makes it

@@ -32,7 +32,7 @@ import torch
 from transformers import PreTrainedModel
 from trl.trainer.utils import FusedCausalLMOutput
 
-from tokrl.integrations.entropy import logprob_and_entropy
+from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY, chunked_entropy, logprob_and_entropy
 from tokrl_kernels import linear_pg_loss
 
 # Config attributes that rescale the logits before the softmax, and the value meaning "no scaling".
@@ -132,12 +132,16 @@ def _rows(hidden: torch.Tensor, labels: torch.Tensor | None, shift_labels: torch
 
 
 def _pg_loss(flat, weight, targets, index, request: PGLossRequest, temperature: float, impl: str) -> PGLossOutput:
-    with torch.no_grad():
-        logp_now, entropy = logprob_and_entropy(
-            flat, weight, targets, index, temperature=temperature, impl=impl, with_entropy=True
-        )  # [k], [k]
+    ratio_weighted_kl = request.ratio_weighted_kl and request.beta > 0
+    with torch.no_grad():  # entropy for TRL's metrics; current log-probs only for the ratio-weighted KL
+        if ratio_weighted_kl or KERNEL_HAS_ENTROPY:
+            logp_now, entropy = logprob_and_entropy(
+                flat, weight, targets, index, temperature=temperature, impl=impl, with_entropy=True
+            )  # [k], [k]
+        else:
+            entropy = chunked_entropy(flat, weight, index, temperature)  # [k]
     advantages, correction = request.advantages, None
-    if request.ratio_weighted_kl and request.beta > 0:
+    if ratio_weighted_kl:
         # On-policy r == 1 in value, so d(r * kl) = kl * dlogp + dkl: folding -beta * kl into the advantage
         # adds the kl * dlogp term; its value (beta * kl per row) is taken off again as a constant.
         delta = request.ref_logp - logp_now  # [k]
