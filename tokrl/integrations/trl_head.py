@@ -11,6 +11,10 @@ next-token label is not -100 with `ChunkedLogProbFunction`. `patch_fused_head` w
 
 Rows are picked by index, so no [k, D] copy of the hidden states is made, and no [k, V] logits exist.
 A call without `fused_lm_head` (generation) goes to the forward underneath, unchanged.
+Why a forward wrapper (the project otherwise avoids patching forwards): TRL's fused-head protocol *is* a patched
+`model.forward`, and serving it there keeps every call going through the wrappers around the model (DDP's
+gradient hooks, PEFT's adapter switching for the reference pass, accelerate's autocast); overriding the trainer's
+`_get_per_token_logps_and_entropies` instead would have to reach past them to the backbone.
 
 `pg_loss=PGLossRequest(...)` (used by `trl_loss`) makes the same forward return the policy-gradient loss of
 `linear_pg_loss` on those rows instead, so the loss is computed inside the one model call that DDP/PEFT wrap.
