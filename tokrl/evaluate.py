@@ -60,7 +60,7 @@ def evaluate(
         rank, world = distributed.rank(), distributed.world_size()
         data = data.select(range(rank * len(data) // world, (rank + 1) * len(data) // world))
     columns = data.to_dict()  # column -> list, aligned with the rows
-    prompts = encode_prompts(tokenizer, [task.format_prompt(p) for p in columns["prompt"]])
+    prompts = encode_prompts(tokenizer, [task.render_prompt(p, tokenizer) for p in columns["prompt"]])
     start = time.perf_counter()
     out = generate(
         model,

@@ -37,7 +37,7 @@ def sft_examples(task: Task, tokenizer: PreTrainedTokenizerBase) -> tuple[list[l
     """(prompt ids, completion ids + EOS) for every training example."""
     data = task.split("train")
     rows = data.to_list()
-    prompts = encode_prompts(tokenizer, [task.format_prompt(r["prompt"]) for r in rows])
+    prompts = encode_prompts(tokenizer, [task.render_prompt(r["prompt"], tokenizer) for r in rows])
     texts = [task.reference_completion(r) for r in rows]
     eos = eos_token_ids(tokenizer)[0]
     completions = [list(ids) + [eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

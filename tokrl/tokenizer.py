@@ -48,6 +48,13 @@ BYTE_VOCAB: dict[int, int] = {
 # Every id the tokenizer can produce is < VOCAB_SIZE (259).
 VOCAB_SIZE: int = len(VOCAB) + len(BYTE_VOCAB)
 
+# A minimal chat template ("role: content" lines, then "assistant: " as the generation prompt), all in the
+# character vocabulary, so conversational (TRL-style) datasets work offline with the tiny model.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
 # The same byte -> printable-character map the Qwen2 (GPT-2 style) pipeline applies before the BPE model.
 _BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
 
@@ -90,4 +97,5 @@ def build_char_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
         padding_side=padding_side,
         # Keep " ," and " ." exactly as generated; the default clean-up would rewrite them.
         clean_up_tokenization_spaces=False,
+        chat_template=CHAT_TEMPLATE,
     )

@@ -239,7 +239,7 @@ class Trainer:
         c, g = self.config, self.config.generation.num_generations
         local = self.local_prompts()
         examples = self.batch_examples(step)[local.start : local.stop]
-        keys = [self.task.format_prompt(ex["prompt"]) for ex in examples]
+        keys = [self.task.render_prompt(ex["prompt"], self.tokenizer) for ex in examples]
         prompt_ids = encode_prompts(self.tokenizer, keys)
         prefixes = [self.algorithm.rollout_prefix(key, gen) for key, gen in zip(keys, generators, strict=True)]
         rows = [p + x for p, x in zip(prompt_ids, prefixes, strict=True)]

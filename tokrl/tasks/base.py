@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
+from transformers import PreTrainedTokenizerBase
+
+from tokrl.tasks.conversation import as_assistant_messages, is_conversational, render_chat
 
 
 class RewardError(ValueError, TypeError):
@@ -85,12 +88,19 @@ class Task(ABC):
         """The text fed to the model for a `prompt` column value."""
         return self.template.replace(PLACEHOLDER, prompt)
 
+    def render_prompt(self, prompt: Any, tokenizer: PreTrainedTokenizerBase) -> str:
+        """The model's input text for a `prompt` value: `format_prompt` for text, the tokenizer's chat template
+        (add_generation_prompt=True) for a conversational prompt (a list of {"role", "content"} messages)."""
+        return render_chat(prompt, tokenizer) if is_conversational(prompt) else self.format_prompt(prompt)
+
     def reference_completion(self, example: dict[str, Any]) -> str:
         """The completion used as the supervised warm-start target (EOS is the trainer's business)."""
         return str(example["answer"])
 
     def reward(self, completions: list[Any], **columns: list[Any]) -> list[float | None]:
-        """Score each completion against its aligned column values; None means "cannot score"."""
+        """Score each completion against its aligned column values; None means "cannot score".
+
+        With conversational prompts, the reward gets each text completion as [{"role": "assistant", ...}]."""
         completions = list(completions)
         for column, values in columns.items():
             # Any sized column works (list, datasets Column, numpy array); a bare string is a common slip.
@@ -101,6 +111,9 @@ class Task(ABC):
                 )
         if not completions:
             return []
+        conversational = "prompt" in columns and all(is_conversational(p) for p in columns["prompt"])
+        if conversational and all(isinstance(c, str) for c in completions):
+            completions = as_assistant_messages(completions)  # TRL's shape for conversational prompts
         scores = list(self._score(completions, {column: list(values) for column, values in columns.items()}))
         if len(scores) != len(completions):
             raise RewardError(f"{self.reward_name}: returned {len(scores)} rewards for {len(completions)} completions")
