@@ -41,7 +41,7 @@ def check_prompt_lengths(
     longest, where = 0, ""
     for split in ("train", "test"):
         prompts = task.split(split)["prompt"]
-        lengths = [len(ids) for ids in encode_prompts(tokenizer, [task.format_prompt(p) for p in prompts])]
+        lengths = [len(ids) for ids in encode_prompts(tokenizer, [task.render_prompt(p, tokenizer) for p in prompts])]
         for i, n in enumerate(lengths):
             if n > longest:
                 longest, where = n, f"{split} example {i}"
