@@ -1,8 +1,7 @@
 """The README's "Use with TRL" code block runs: on the tiny model in place of the hub model it names, and
 without CUDA with `use_cpu=True, bf16=False` added to its GRPOConfig (TRL's bf16 default needs a GPU).
 
-The block is read from README.md between `<!-- trl-example -->` and `<!-- /trl-example -->`. Until that section
-is merged into the README, and ONLY while the markers are absent, the copy below (the proposed section) runs.
+The block is read from README.md between `<!-- trl-example -->` and `<!-- /trl-example -->`.
 """
 
 from __future__ import annotations
@@ -16,35 +15,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- trl-example -->", "<!-- /trl-example -->"
 HUB_MODEL = '"Qwen/Qwen2-0.5B-Instruct"'
 
-PROPOSED_SECTION = """
-```python
-from datasets import Dataset
-from trl import GRPOConfig
-
-from tokrl.integrations.trl import TokrlGRPOTrainer
-
-
-def reward_len(completions, **kwargs):  # any TRL reward function
-    return [-abs(20 - len(c)) for c in completions]
-
-
-trainer = TokrlGRPOTrainer(
-    model="Qwen/Qwen2-0.5B-Instruct",
-    reward_funcs=reward_len,
-    train_dataset=Dataset.from_dict({"prompt": ["Write a haiku about GPUs.", "Name three primes."]}),
-    args=GRPOConfig(output_dir="grpo-tokrl", per_device_train_batch_size=4, num_generations=4,
-                    max_completion_length=8, num_train_epochs=1, report_to="none"),
-    tokrl_mode="pg_loss",  # or "logprob": TRL's own loss on tokrl's log-probs
-)
-trainer.train()
-print(trainer.tokrl_kernels_path)  # which kernel computed what
-```
-"""
 
 
 def example_code() -> str:
     text = README.read_text(encoding="utf-8")
-    section = text.split(START, 1)[1].split(END, 1)[0] if START in text and END in text else PROPOSED_SECTION
+    assert START in text and END in text, f"README.md has no {START} ... {END} section"
+    section = text.split(START, 1)[1].split(END, 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "the TRL example section has no ```python block"
     return match.group(1)
