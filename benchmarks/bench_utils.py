@@ -34,6 +34,27 @@ ON_CUDA = torch.cuda.is_available() and os.environ.get("TOKRL_BENCH_DEVICE", "")
 DEVICE = torch.device("cuda") if ON_CUDA else torch.device("cpu")
 
 
+def build_bench_model() -> tuple[torch.nn.Module, str]:
+    """(model, description) for the e2e benchmarks: on CUDA the Qwen2-1.5B architecture from its config with
+    random weights (bf16, sdpa attention, no download); on CPU tokrl's tiny Qwen2 (fp32). No LoRA yet."""
+    if ON_CUDA:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        config = Qwen2Config(
+            vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
+            tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa",
+        )  # fmt: skip  # Qwen2-1.5B
+        torch.manual_seed(0)
+        with torch.device(DEVICE):
+            model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+        return model, "qwen2-1.5b-arch (random weights, bf16)"
+    from tokrl.models import build_tiny_model
+
+    model, _tokenizer = build_tiny_model(seed=0)
+    return model, "tokrl tiny qwen2 (fp32)"
+
+
 def device_name() -> str:
     """Name such as "NVIDIA H100 80GB HBM3" on CUDA, "cpu" otherwise (the report keys its CPU label on it)."""
     return torch.cuda.get_device_name(DEVICE) if ON_CUDA else "cpu"

@@ -19,9 +19,9 @@ import time
 
 import pytest
 import torch
-from bench_utils import DEVICE, ON_CUDA, device_name, peak_mib, sync
+from bench_utils import ON_CUDA, build_bench_model, device_name, peak_mib, sync
 
-from tokrl.models import apply_lora, build_tiny_model
+from tokrl.models import apply_lora
 from tokrl.sampler import SAMPLERS, SamplingOptions
 
 PROMPTS, GROUP = 4, 8
@@ -35,21 +35,7 @@ def config_eos(model: torch.nn.Module) -> int:
 
 
 def _build_model() -> tuple[torch.nn.Module, str]:
-    if ON_CUDA:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        config = Qwen2Config(
-            vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
-            tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa",
-        )  # fmt: skip  # Qwen2-1.5B
-        torch.manual_seed(0)
-        with torch.device(DEVICE):
-            model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-        name = "qwen2-1.5b-arch (random weights, bf16)"
-    else:
-        model, _ = build_tiny_model(seed=0)
-        name = "tokrl tiny qwen2 (fp32)"
+    model, name = build_bench_model()
     model = apply_lora(model, r=LORA_R, alpha=32, dropout=0.05)
     with torch.no_grad():
         for param_name, param in model.named_parameters():

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from bench_utils import DEVICE, ON_CUDA, check_close, extra_info, peak_mib, rounds, sync
+from bench_utils import DEVICE, ON_CUDA, build_bench_model, check_close, extra_info, peak_mib, rounds, sync
 
 import tokrl_kernels
 from tokrl.algorithms import AlgoConfig, Group, get_algorithm
-from tokrl.models import apply_lora, build_tiny_model, hidden_states, lm_head_weight
+from tokrl.models import apply_lora, hidden_states, lm_head_weight
 from tokrl.rollout import LossRows, gather_rows, pack_loss_batch
 from tokrl_kernels.reference import pg_epilogue
 
@@ -58,21 +58,7 @@ VARIANTS = {
 
 
 def _build_model() -> tuple[torch.nn.Module, str]:
-    if ON_CUDA:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        config = Qwen2Config(
-            vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
-            tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, use_cache=False, attn_implementation="sdpa",
-        )  # fmt: skip  # Qwen2-1.5B
-        torch.manual_seed(0)
-        with torch.device(DEVICE):
-            model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-        name = "qwen2-1.5b-arch (random weights, bf16)"
-    else:
-        model, _tokenizer = build_tiny_model(seed=0)
-        name = "tokrl tiny qwen2 (fp32)"
+    model, name = build_bench_model()
     return apply_lora(model, r=LORA_R), name
 
 
