@@ -87,6 +87,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
 # ---------------------------------------------------------------------------------------------- tiny model
 
 
+# The tiny model's vocabulary before the byte fallback: the characters, rounded up to a multiple of 8.
+CHARACTER_VOCAB_SIZE = -(-len(VOCAB) // 8) * 8
+
+
 def tiny_config(**overrides: object) -> Qwen2Config:
     """The tiny model's Qwen2Config; every default lives here and any field can be overridden.
 
@@ -130,12 +134,20 @@ def build_tiny_model(seed: int = 0, **config_overrides: object) -> tuple[PreTrai
     """Build the tiny Qwen2 model (fp32, CPU, eval mode) and its left-padding character tokenizer.
 
     The weights depend only on `seed`: initialisation runs under a forked RNG seeded with it, so the
-    caller's global RNG state is left untouched.
+    caller's global RNG state is left untouched. The model is first drawn with the character vocabulary alone
+    (CHARACTER_VOCAB_SIZE rows, as before the byte fallback existed), then the byte tokens' embedding rows are
+    appended, drawn after everything else: adding tokens never changes the other weights of a seed.
     """
     config = tiny_config(**config_overrides)
+    base_rows = min(CHARACTER_VOCAB_SIZE, config.vocab_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
+        model = Qwen2ForCausalLM(Qwen2Config(**{**config.to_dict(), "vocab_size": base_rows}))
+        extra = torch.empty(config.vocab_size - base_rows, config.hidden_size).normal_(0.0, config.initializer_range)
+    model.resize_token_embeddings(config.vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[base_rows:] = extra  # [V - base, D] (the tied LM head too)
+    model.config.vocab_size = config.vocab_size
     tokenizer = build_char_tokenizer(padding_side="left")
     _sync_generation_ids(model, tokenizer)
     return model.eval(), tokenizer
