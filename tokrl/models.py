@@ -144,7 +144,7 @@ def build_tiny_model(seed: int = 0, **config_overrides: object) -> tuple[PreTrai
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(Qwen2Config(**{**config.to_dict(), "vocab_size": base_rows}))
         extra = torch.empty(config.vocab_size - base_rows, config.hidden_size).normal_(0.0, config.initializer_range)
-    model.resize_token_embeddings(config.vocab_size, mean_resizing=False)
+        model.resize_token_embeddings(config.vocab_size, mean_resizing=False)  # draws too: inside the fork
     with torch.no_grad():
         model.get_input_embeddings().weight[base_rows:] = extra  # [V - base, D] (the tied LM head too)
     model.config.vocab_size = config.vocab_size
