@@ -222,8 +222,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Qwen2-1.5B); pass --replay-prob 0.5 to use it here.
     # S-GRPO: alpha 2 with max_tokens 4 = 2 * alpha, the ratio of the paper's defaults (25 / 50), and the
     # paper's sequential rule with keep_prob 0.5.
-    # 3000 RL steps (2026-11-30): the tokrl sampler made a step ~0.14 s (from ~0.24 s), and T-SPMO's reward
-    # was still rising at 1600 steps (55.0% -> 71.8%, +16.8 points, at 1600); a run alone takes ~7.5 minutes.
+    # 1800 RL steps (2026-11-30): T-SPMO's reward was still rising at 1600 steps (55.0% -> 71.8%, +16.8 points),
+    # and the tokrl sampler made its step ~0.14 s; S-GRPO and GRPO steps cost ~0.26 s (their loss forward
+    # covers far more rows), so 1800 keeps S-GRPO under 10 minutes with room to spare.
     "tiny-multiplication": {
         "model": "tiny",
         "task": "multiplication",
@@ -232,7 +233,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "device": "cpu",
         "dtype": "float32",
         "num_threads": 2,
-        "steps": 3000,
+        "steps": 1800,
         "prompts_per_step": 64,
         "num_generations": 8,
         "max_new_tokens": 5,
