@@ -34,16 +34,17 @@ ON_CUDA = torch.cuda.is_available() and os.environ.get("TOKRL_BENCH_DEVICE", "")
 DEVICE = torch.device("cuda") if ON_CUDA else torch.device("cpu")
 
 
-def build_bench_model() -> tuple[torch.nn.Module, str]:
+def build_bench_model(**cuda_config: object) -> tuple[torch.nn.Module, str]:
     """(model, description) for the e2e benchmarks: on CUDA the Qwen2-1.5B architecture from its config with
-    random weights (bf16, sdpa attention, no download); on CPU tokrl's tiny Qwen2 (fp32). No LoRA yet."""
+    random weights (bf16, sdpa attention, no download; `cuda_config` adds Qwen2Config fields); on CPU tokrl's
+    tiny Qwen2 (fp32). No LoRA yet."""
     if ON_CUDA:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         config = Qwen2Config(
             vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
             num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
-            tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa",
+            tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa", **cuda_config,
         )  # fmt: skip  # Qwen2-1.5B
         torch.manual_seed(0)
         with torch.device(DEVICE):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench_utils import DEVICE, ON_CUDA, check_close, extra_info, peak_mib, rounds, sync
+from bench_utils import DEVICE, ON_CUDA, build_bench_model, check_close, extra_info, peak_mib, rounds, sync
 
 trl = pytest.importorskip("trl", reason="TRL is an optional extra: pip install tokrl[trl]")
 
@@ -25,7 +25,7 @@ from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from tokrl.integrations.trl import use_tokrl_kernels  # noqa: E402
-from tokrl.models import DEFAULT_LORA_TARGETS, build_tiny_model  # noqa: E402
+from tokrl.models import DEFAULT_LORA_TARGETS  # noqa: E402
 from tokrl.tokenizer import build_char_tokenizer  # noqa: E402
 
 BATCH, PROMPT_LEN, COMPLETION_LEN = (8, 64, 512) if ON_CUDA else (8, 16, 64)
@@ -35,21 +35,7 @@ VARIANTS = ("trl", "tokrl_logprob", "tokrl_pg_loss")
 
 
 def _model() -> tuple[torch.nn.Module, str]:
-    if ON_CUDA:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        config = Qwen2Config(
-            vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
-            tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa",
-            pad_token_id=0, eos_token_id=1,
-        )  # fmt: skip  # Qwen2-1.5B
-        torch.manual_seed(0)
-        with torch.device(DEVICE):
-            model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-        return model, "qwen2-1.5b-arch (random weights, bf16, grad ckpt off)"
-    model, _ = build_tiny_model(seed=0)
-    return model, "tokrl tiny qwen2 (fp32)"
+    return build_bench_model(pad_token_id=0, eos_token_id=1)
 
 
 def _trainer(variant: str, tmp_path) -> trl.GRPOTrainer:
