@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 trl = pytest.importorskip("trl", reason="TRL is an optional extra: pip install tokrl[trl]")
@@ -12,8 +14,13 @@ PROMPTS = ["12+3=", "7*8=", "9-4=", "1+1=", "40/5=", "3*3=", "8+0=", "6-6="]
 
 
 def digit_reward(completions, **kwargs):
-    """A reward that varies between completions of a random model: the share of digits in the text."""
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) + 0.1 * len(c) for c in completions]
+    """A reward that varies between completions of a random model: the share of digits in the text, its length,
+    and a stable hash of it (with the byte-fallback vocabulary a random model rarely writes digits, and groups of
+    equal-length digit-free completions would otherwise all score the same)."""
+    return [
+        sum(ch.isdigit() for ch in c) / max(len(c), 1) + 0.1 * len(c) + (zlib.crc32(c.encode()) % 5) / 10
+        for c in completions
+    ]
 
 
 @pytest.fixture(scope="session")
