@@ -284,8 +284,8 @@ class Trainer:
         rows = gather_rows(selections, c.generation.num_generations, units=units)
         gen_seconds = time.perf_counter() - start
         stats = self.update.apply(out.prompts, out.completions, rows, step, int(selected))
-        gen_peak = max(s["gen_peak_mem_mib"] for s in shards)
         update_seconds = time.perf_counter() - start - gen_seconds
+        gen_peak = max(s["gen_peak_mem_mib"] for s in shards)
         gaps = distributed.all_gather_object(sampler_logp_gaps(out.logprobs, rows, self.update.last_logp))
         mean, std = reward_stats([r for group in everyone for r in group.rewards])
         completions = [comp for group in everyone for comp in group.completions]
