@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokrl.sampler.engine import DecodeState, decode_step, start_state
+from tokrl.sampler.engine import DecodeState, decode_step, decode_until_done, start_state
 from tokrl.sampler.token_sampling import SamplingOptions
 
 logger = logging.getLogger("tokrl")
@@ -128,18 +128,10 @@ def run_graphed(
             _EAGER_ONLY.add(body)
             return _finish_eager(body, fresh, max_new_tokens, options)
     step = captured[key]
-    for t in range(1, max_new_tokens):
-        if t % CHECK_EVERY == 0 and bool(step.state.done.all()):
-            break
-        step.graph.replay()
-    return step.state
+    return decode_until_done(step.state, max_new_tokens, CHECK_EVERY, step.graph.replay)
 
 
 def _finish_eager(
     body: torch.nn.Module, state: DecodeState, max_new_tokens: int, options: SamplingOptions
 ) -> DecodeState:
-    for t in range(1, max_new_tokens):
-        if t % CHECK_EVERY == 0 and bool(state.done.all()):
-            break
-        decode_step(body, state, options)
-    return state
+    return decode_until_done(state, max_new_tokens, CHECK_EVERY, lambda: decode_step(body, state, options))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -219,8 +219,16 @@ def run_eager(
 ) -> DecodeState:
     """The whole decode loop, step by step in eager mode; returns the final state (tokens [B, n])."""
     state = start_state(body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id)
+    return decode_until_done(state, max_new_tokens, check_every, lambda: decode_step(body, state, options))
+
+
+def decode_until_done(
+    state: DecodeState, max_new_tokens: int, check_every: int, step: Callable[[], object]
+) -> DecodeState:
+    """Run `step` (one decode step writing into `state`) for tokens 1 .. n - 1, leaving early once every row
+    is done; the host looks at `state.done` only every `check_every` steps (each look is a device sync)."""
     for t in range(1, max_new_tokens):
         if t % check_every == 0 and bool(state.done.all()):
             break
-        decode_step(body, state, options)
+        step()
     return state
