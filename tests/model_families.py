@@ -92,10 +92,16 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         "GPT2Config",
         {
-            "vocab_size": VOCAB_ROWS, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512,
-            "initializer_range": INIT_RANGE, "bos_token_id": VOCAB[EOS_TOKEN], "eos_token_id": VOCAB[EOS_TOKEN],
+            "vocab_size": VOCAB_ROWS,
+            "n_embd": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_positions": 512,
+            "initializer_range": INIT_RANGE,
+            "bos_token_id": VOCAB[EOS_TOKEN],
+            "eos_token_id": VOCAB[EOS_TOKEN],
             "pad_token_id": VOCAB[PAD_TOKEN],
-        },  # fmt: skip
+        },
         engine=False,
         tied=True,
         common=False,
