@@ -94,6 +94,8 @@ def linear_pg_loss(
 
     Per row: loss_i = weights_i * (-min(r*A, clamp(r, 1-eps_low, 1+eps_high)*A) + beta*kl_i), r = exp(logp - old).
     reduction: "sum", "mean" (over k; 0 when k = 0) or "none" ([k]). softcap / logit_scale: as `linear_logprob`.
+    Gradients flow to hidden (and weight when it requires grad) only: advantages, old_logp, ref_logp and weights
+    are data, and get no gradient (None) from either implementation.
     """
     backend = get_backend(impl, _device_of(hidden))
     return compose_pg_loss(

@@ -203,14 +203,17 @@ def pg_epilogue(
     eps_high: float,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row clipped policy-gradient (+ beta * k3 KL) loss from log-probs; differentiable w.r.t. logp.
+    """Per-row clipped policy-gradient (+ beta * k3 KL) loss from log-probs; differentiable w.r.t. logp only.
 
+    advantages, old_logp, ref_logp and weights are data: detached here as in the Triton epilogue, so neither
+    implementation gives them a gradient (None), whether or not they require one.
     Works in logp's floating dtype (fp32 from the kernels; float64 for the tests' ground truth).
     Returns (loss_rows [k], clipped [k] bool); a clipped row has zero gradient.
     """
     dtype = logp.dtype
-    adv = advantages.to(dtype)  # [k]
-    old = logp.detach() if old_logp is None else old_logp.to(dtype)  # [k]
+    data = lambda t: None if t is None else t.detach().to(dtype)
+    adv, old_logp, ref_logp, weights = data(advantages), data(old_logp), data(ref_logp), data(weights)  # [k] each
+    old = logp.detach() if old_logp is None else old_logp  # [k]
     ratio = torch.exp(logp - old)  # [k]
     clamped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [k]
     clipped = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))  # [k] bool
@@ -218,10 +221,10 @@ def pg_epilogue(
     pg = -torch.where(clipped, (clamped * adv).detach(), ratio * adv)  # [k]
     loss = pg
     if beta > 0.0:
-        delta = ref_logp.to(dtype) - logp  # [k]
+        delta = ref_logp - logp  # [k]
         loss = loss + beta * (torch.exp(delta) - delta - 1.0)
     if weights is not None:
-        loss = loss * weights.to(dtype)
+        loss = loss * weights
     return loss, clipped
 
 

@@ -197,3 +197,21 @@ def test_linear_logprob_alone(impl: str):
     torch.testing.assert_close(logp, ref.float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(h.grad, h64.grad.float(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w.grad, w64.grad.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_data_inputs_get_no_gradient(impl: str):
+    # Both implementations treat advantages, old_logp, ref_logp and weights as data: even when they require grad
+    # they get None, and the gradients of hidden and weight are those of the detached inputs.
+    x = _inputs(Case(12, 40, 1003, 8, beta=0.1, weights=True))
+    data = {name: x[name].clone().requires_grad_(True) for name in ("advantages", "old_logp", "ref_logp", "weights")}
+    hidden = x["hidden"].clone().requires_grad_(True)
+    weight = x["weight"].clone().requires_grad_(True)
+    loss = linear_pg_loss(hidden, weight, x["targets"], data["advantages"], x["index"], old_logp=data["old_logp"],
+                          ref_logp=data["ref_logp"], weights=data["weights"], beta=0.1, impl=impl).loss  # fmt: skip
+    loss.backward()
+    for name, t in data.items():
+        assert t.grad is None, f"{name} got a gradient from impl={impl}; the documented contract is none"
+    detached = _run(lambda *a, **kw: linear_pg_loss(*a, **kw, impl=impl), Case(12, 40, 1003, 8, beta=0.1), x)
+    assert torch.equal(hidden.grad, detached[3]) and torch.equal(weight.grad, detached[4])
+    assert torch.equal(loss.detach(), detached[0])
