@@ -25,6 +25,10 @@ in the inputs' dtype (bf16/fp16 on tensor cores, fp32 as IEEE fp32, never TF32);
 in dtype (e.g. bf16 hidden states and an fp32 head), both are upcast and multiplied in fp32. Gradients come
 back in each input's own dtype.
 
+Checks: every argument is validated with a one-line error naming it. On CUDA the index and target ranges are
+checked without a host sync (a bad value raises a device-side assert, as torch's own indexing does); set
+TOKRL_KERNEL_DEBUG=1 to check them on the host instead, with an IndexError that names the value.
+
 This package depends on torch only (triton is imported lazily); it never imports tokrl, transformers or peft.
 """
 

@@ -13,40 +13,19 @@ import torch
 import triton
 import triton.language as tl
 
+from tokrl_kernels._configs import ATOMIC, row_bucket
 from tokrl_kernels._logits import LogitMap
-from tokrl_kernels._triton_tiles import (
-    INTERPRET,
-    dlogits_tile,
-    dot_flags,
-    logits_tile,
-    mapped_logits,
-    only_for_precision,
-    slope_tile,
-)
-
-if INTERPRET:
-    _BWD_FP32_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_V": 512, "BLOCK_D": 64, "GROUP_M": 2})]
-    _BWD_CONFIGS = _BWD_FP32_CONFIGS
-else:
-    _BWD_FP32_CONFIGS = [
-        triton.Config({"BLOCK_M": 64, "BLOCK_V": 128, "BLOCK_D": 32, "GROUP_M": 8}, num_warps=4, num_stages=3)
-    ]
-    _BWD_CONFIGS = _BWD_FP32_CONFIGS + [
-        triton.Config({"BLOCK_M": bm, "BLOCK_V": bv, "BLOCK_D": bd, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bv, bd, w, s in [
-            (128, 256, 64, 8, 3),
-            (128, 128, 64, 8, 3),
-            (64, 128, 64, 4, 4),
-        ]
-    ]
+from tokrl_kernels._triton_tiles import dlogits_tile, dot_flags, logits_tile, mapped_logits, slope_tile
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["D", "V", "HAS_DH", "HAS_DW", "HAS_ENT_GRAD", "HAS_SOFTCAP", "UPCAST"],
-                 reset_to_zero=["dh_ptr", "dw_ptr"],
-                 prune_configs_by={"early_config_prune": only_for_precision(_BWD_FP32_CONFIGS)})  # fmt: skip
-@triton.jit
+# Keyed on the bucketed row count (`row_bucket`), not on k; k and the row vectors are never specialised.
+@ATOMIC.autotune(key=["D", "V", "K_BUCKET", "HAS_DH", "HAS_DW", "HAS_ENT_GRAD", "HAS_SOFTCAP", "UPCAST"],
+                 reset_to_zero=["dh_ptr", "dw_ptr"])  # fmt: skip
+@triton.jit(do_not_specialize=["k", "K_BUCKET"],
+            do_not_specialize_on_alignment=["index_ptr", "target_ptr", "lse_ptr", "ent_ptr", "grad_ptr",
+                                            "grad_ent_ptr"])  # fmt: skip
 def _backward_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad_ptr, grad_ent_ptr, dh_ptr, dw_ptr,
-                     k, D, V, stride_h, stride_w, z_scale, cap_in, grad_scale, HAS_DH: tl.constexpr,
+                     k, K_BUCKET, D, V, stride_h, stride_w, z_scale, cap_in, grad_scale, HAS_DH: tl.constexpr,
                      HAS_DW: tl.constexpr, HAS_ENT_GRAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
                      BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
@@ -121,7 +100,7 @@ def backward_atomic(hidden, weight, targets, index, lse, entropy, grad_logp, gra
         _backward_kernel[grid](
             hidden, weight, index, targets, lse, entropy if has_ent else lse, grad_logp,
             grad_entropy if has_ent else grad_logp, placeholder if grad_h is None else grad_h,
-            placeholder if grad_w is None else grad_w, k, dim, vocab, hidden.stride(0), weight.stride(0),
+            placeholder if grad_w is None else grad_w, k, row_bucket(k), dim, vocab, hidden.stride(0), weight.stride(0),
             logit_map.z_scale, logit_map.cap_in, logit_map.grad_scale, HAS_DH=need_dh, HAS_DW=need_dw,
             HAS_ENT_GRAD=has_ent, HAS_SOFTCAP=logit_map.has_softcap, UPCAST=upcast, PRECISION=precision,
         )  # fmt: skip

@@ -17,13 +17,11 @@ always fp32. Under the interpreter bf16/fp16 operands are upcast too (its low-pr
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from tokrl_kernels._configs import INTERPRET
 
 
 def dot_flags(hidden_dtype: torch.dtype, weight_dtype: torch.dtype) -> tuple[bool, str]:
@@ -31,21 +29,6 @@ def dot_flags(hidden_dtype: torch.dtype, weight_dtype: torch.dtype) -> tuple[boo
     upcast = hidden_dtype != weight_dtype or (INTERPRET and hidden_dtype != torch.float32)
     precision = "ieee" if (hidden_dtype == torch.float32 or upcast) else "tf32"  # tf32 unused by bf16/fp16 dots
     return upcast, precision
-
-
-def only_for_precision(fp32_configs: list[triton.Config]):
-    """An `early_config_prune` that keeps `fp32_configs` for IEEE fp32 dots and the others for bf16/fp16.
-
-    IEEE fp32 dots run on CUDA cores, ~10x slower than bf16 tensor-core dots: benchmarking a whole config list
-    on them at V = 151936 took minutes. One or two configs are enough there.
-    """
-    fp32_ids = {id(c) for c in fp32_configs}
-
-    def prune(configs, named_args, **kwargs):
-        want_fp32 = kwargs.get("PRECISION") == "ieee"
-        return [c for c in configs if (id(c) in fp32_ids) == want_fp32]
-
-    return prune
 
 
 @triton.jit

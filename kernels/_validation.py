@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
 from tokrl_kernels._logits import LogitMap
 
+DEBUG_ENV = "TOKRL_KERNEL_DEBUG"
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _REDUCTIONS = ("sum", "mean", "none")
 
@@ -44,6 +46,12 @@ def validate_logit_map(temperature: object, softcap: object, logit_scale: object
     return LogitMap(temperature, cap, _check_positive("logit_scale", logit_scale))
 
 
+def checks_on_device(device: torch.device) -> bool:
+    """Whether index ranges are checked without a host sync: on every device but the CPU (where reading a value
+    costs nothing), unless TOKRL_KERNEL_DEBUG=1 asks for the exact one-line IndexError (one sync per index tensor)."""
+    return device.type != "cpu" and os.environ.get(DEBUG_ENV, "").strip() != "1"
+
+
 def _check_index_like(name: str, t: torch.Tensor, length: int | None, upper: int, upper_name: str) -> torch.Tensor:
     """An integer vector with values in [0, upper); returned as int64."""
     if t.ndim != 1:
@@ -52,12 +60,17 @@ def _check_index_like(name: str, t: torch.Tensor, length: int | None, upper: int
         raise TypeError(f"{name}: expected an integer dtype (int64), got {t.dtype}")
     if length is not None and t.numel() != length:
         raise ValueError(f"{name}: expected {length} entries (one per selected row), got {t.numel()}")
-    if t.numel() > 0:
-        # One host sync per call: the price of an IndexError instead of a silent out-of-bounds read in a kernel.
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= upper:
-            bad = lo if lo < 0 else hi
-            raise IndexError(f"{name}: values must lie in [0, {upper}) ({upper_name}), got {bad}")
+    if t.numel() == 0:
+        return t.long()
+    if checks_on_device(t.device):
+        # No host sync: a bad value stops the stream with a device-side assert (as torch's own indexing does).
+        lo, hi = torch.aminmax(t)
+        torch._assert_async((lo >= 0) & (hi < upper), f"{name}: values must lie in [0, {upper}) ({upper_name})")
+        return t.long()
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= upper:
+        bad = lo if lo < 0 else hi
+        raise IndexError(f"{name}: values must lie in [0, {upper}) ({upper_name}), got {bad}")
     return t.long()
 
 
