@@ -8,6 +8,7 @@ of the loss math lives in the tests. The epilogue itself is pinned by hand-compu
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
@@ -148,6 +149,7 @@ def load_benchmark_script(name: str) -> ModuleType:
     """Import benchmarks/<name>.py (a script folder, not a package) as a module for testing."""
     spec = importlib.util.spec_from_file_location(f"tokrl_bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up there
     spec.loader.exec_module(module)
     return module
 

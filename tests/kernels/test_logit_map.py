@@ -72,8 +72,16 @@ def _tanh_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
 
 
 def test_tanh_fp32_within_a_few_ulp():
-    # Both branches, their boundary (0.625), tiny and saturated arguments, and the specials.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The interpreter's exp is numpy's (correctly rounded): 2 ulp. tests/kernels/test_gpu_kernels.py runs the same
+    # check on CUDA, whose exp (ex2.approx) may add up to ~2 ulp near the branch boundary.
+    if INTERPRET:
+        check_tanh_fp32("cpu", bound_ulp=2.0)
+    else:
+        check_tanh_fp32("cuda", bound_ulp=4.0)
+
+
+def check_tanh_fp32(device: str, bound_ulp: float) -> None:
+    """Both branches, their boundary (0.625), tiny and saturated arguments, and the specials."""
     grid = torch.linspace(-12.0, 12.0, 24001, dtype=torch.float64)
     edges = torch.tensor([0.0, 1e-30, 1e-8, 1e-3, 0.3, 0.6249999, 0.625, 0.6250001, 0.9, 9.0, 44.0, 100.0, 1e30],
                          dtype=torch.float64)  # fmt: skip
@@ -87,7 +95,5 @@ def test_tanh_fp32_within_a_few_ulp():
     exact = torch.tanh(u.cpu().double())  # [n]
     ulp = torch.finfo(torch.float32).eps * torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(2.0**-126))))
     worst = ((t.double() - exact).abs() / ulp).max().item()
-    # The interpreter's exp is numpy's (correctly rounded); CUDA's ex2.approx adds up to ~2 ulp at the boundary.
-    bound = 2.0 if INTERPRET else 4.0
-    assert worst <= bound, f"tanh_fp32 is {worst:.2f} ulp from tanh (bound {bound})"
+    assert worst <= bound_ulp, f"tanh_fp32 is {worst:.2f} ulp from tanh on {device} (bound {bound_ulp})"
     assert t_special[0].item() == 1.0 and t_special[1].item() == -1.0 and math.isnan(t_special[2].item())

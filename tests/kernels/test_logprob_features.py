@@ -35,7 +35,7 @@ class Case:
     dtype: torch.dtype = torch.float32
     temperature: float = 1.0
     train_head: bool = True
-    small_workspace: bool = False  # GEMM backward: several row blocks and ragged vocabulary chunks
+    small_workspace: bool = False  # GEMM backward: ragged vocabulary chunks (and several row blocks when k is big)
     grads: str = "both"  # upstream into "both" outputs, "entropy" only, or "logp" only
     softcap: float | None = None
     logit_scale: float = 1.0
@@ -51,6 +51,8 @@ CASES = [
      "only the entropy feeds the loss (the log-prob gradient arrives as None); head frozen"),
     ("logp-only", Case(12, 40, 1003, 9, grads="logp"), "entropy returned but unused: no entropy gradient term"),
     ("bf16", Case(12, 40, 1003, 16, repeats=True, dtype=torch.bfloat16, temperature=1.3), "bf16 operands"),
+    ("bf16-blocks", Case(16, 40, 1003, 40, repeats=True, dtype=torch.bfloat16, small_workspace=True),
+     "bf16 inputs through the GEMM backward's multi-row-block path (dW accumulated from a transposed operand)"),
     ("softcap-scale", Case(12, 40, 1003, 20, repeats=True, temperature=0.7, softcap=3.0, logit_scale=2.0),
      "the entropy and its gradient through a partly saturated soft-cap and a scale"),
     ("softcap-blocks-frozen", Case(16, 40, 1003, 20, train_head=False, small_workspace=True, softcap=2.5,
@@ -102,7 +104,10 @@ def _full_logits(case: Case):
 def test_entropy_and_gradients_match_float64(case: Case, impl: str, variant: str, monkeypatch):
     if case.small_workspace:
         monkeypatch.setattr(_backward_gemm, "WORKSPACE_BYTES", 4096)
-        assert _backward_gemm.plan_blocks(20, case.dim, case.vocab, 4, case.train_head, 4)[1] < case.vocab
+        k = case.k or case.n_rows
+        rows, chunk = _backward_gemm.plan_blocks(k, case.dim, case.vocab, 4, case.train_head, 4)
+        assert chunk < case.vocab, "the case must take several vocabulary chunks"
+        assert rows < k or k < 20, "a case with k >= 20 and a small workspace must take several row blocks"
     x = _inputs(case)
 
     def fast_fn(h, w, t, i):
