@@ -22,8 +22,8 @@ from tokrl_kernels._triton_tiles import dlogits_tile, dot_flags, logits_tile, ma
 @ATOMIC.autotune(key=["D", "V", "K_BUCKET", "HAS_DH", "HAS_DW", "HAS_ENT_GRAD", "HAS_SOFTCAP", "UPCAST"],
                  reset_to_zero=["dh_ptr", "dw_ptr"])  # fmt: skip
 @triton.jit(do_not_specialize=["k", "K_BUCKET"],
-            do_not_specialize_on_alignment=["index_ptr", "target_ptr", "lse_ptr", "ent_ptr", "grad_ptr",
-                                            "grad_ent_ptr"])  # fmt: skip
+            do_not_specialize_on_alignment=["k", "K_BUCKET", "index_ptr", "target_ptr", "lse_ptr", "ent_ptr",
+                                            "grad_ptr", "grad_ent_ptr"])  # fmt: skip
 def _backward_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad_ptr, grad_ent_ptr, dh_ptr, dw_ptr,
                      k, K_BUCKET, D, V, stride_h, stride_w, z_scale, cap_in, grad_scale, HAS_DH: tl.constexpr,
                      HAS_DW: tl.constexpr, HAS_ENT_GRAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr,

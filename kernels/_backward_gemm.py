@@ -47,8 +47,8 @@ _CHUNK_ALIGN = 256
 # (divisibility by 16, pointer alignment): a new k must not compile a new kernel mid-run.
 @DZ.autotune(key=["D", "ROWS_BUCKET", "HAS_ENT_GRAD", "HAS_SOFTCAP", "UPCAST"])
 @triton.jit(do_not_specialize=["n_rows", "ROWS_BUCKET"],
-            do_not_specialize_on_alignment=["index_ptr", "target_ptr", "lse_ptr", "ent_ptr", "grad_ptr",
-                                            "grad_ent_ptr"])  # fmt: skip
+            do_not_specialize_on_alignment=["n_rows", "ROWS_BUCKET", "index_ptr", "target_ptr", "lse_ptr",
+                                            "ent_ptr", "grad_ptr", "grad_ent_ptr"])  # fmt: skip
 def _dz_chunk_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad_ptr, grad_ent_ptr, dz_ptr,
                      n_rows, ROWS_BUCKET, D, v_start, v_end, stride_h, stride_w, stride_dz, z_scale, cap_in,
                      grad_scale,

@@ -37,7 +37,8 @@ _SPLIT_ALIGN = max(cfg.kwargs["BLOCK_V"] for cfg in FORWARD.configs)
 # The tensors' dtypes join the key automatically (Triton appends them). k and the row vectors are never specialised
 # (divisibility by 16, alignment of a sliced index): a new k must not compile a new kernel mid-run.
 @FORWARD.autotune(key=["D", "V", "K_BUCKET", "HAS_ENTROPY", "HAS_SOFTCAP", "UPCAST"])
-@triton.jit(do_not_specialize=["k", "K_BUCKET"], do_not_specialize_on_alignment=["index_ptr", "target_ptr"])
+@triton.jit(do_not_specialize=["k", "K_BUCKET"],
+            do_not_specialize_on_alignment=["k", "K_BUCKET", "index_ptr", "target_ptr"])  # fmt: skip
 def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, K_BUCKET, D, V, stride_h, stride_w,
                       z_scale, cap_in, SPLIT_V, HAS_ENTROPY: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
@@ -87,7 +88,7 @@ def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, K_BUCKE
         tl.store(out + 3 * n_splits * k, run_a, mask=row_mask)
 
 
-@triton.jit(do_not_specialize=["k", "n_splits"])
+@triton.jit(do_not_specialize=["k", "n_splits"], do_not_specialize_on_alignment=["k", "n_splits"])
 def _merge_kernel(stats_ptr, logp_ptr, lse_ptr, ent_ptr, k, n_splits, HAS_ENTROPY: tl.constexpr,
                   BLOCK: tl.constexpr):  # fmt: skip
     """lse = M + log S over the splits; logp = target logit (found in one split) - lse; H = log S - A / S."""

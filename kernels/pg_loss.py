@@ -37,7 +37,7 @@ class _Options:
 
 
 # k and the user's row vectors are never specialised (divisibility, alignment): a new k compiles nothing new.
-@triton.jit(do_not_specialize=["k"], do_not_specialize_on_alignment=["adv_ptr", "old_ptr", "ref_ptr", "w_ptr"])
+@triton.jit(do_not_specialize=["k"], do_not_specialize_on_alignment=["k", "adv_ptr", "old_ptr", "ref_ptr", "w_ptr"])
 def _pg_forward_kernel(logp_ptr, adv_ptr, old_ptr, ref_ptr, w_ptr, loss_ptr, clipped_ptr, coef_ptr, k,
                        ratio_lo, ratio_hi, beta, HAS_OLD: tl.constexpr, HAS_KL: tl.constexpr,
                        HAS_W: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
@@ -69,7 +69,7 @@ def _pg_forward_kernel(logp_ptr, adv_ptr, old_ptr, ref_ptr, w_ptr, loss_ptr, cli
     tl.store(coef_ptr + rows, coef, mask=mask)
 
 
-@triton.jit(do_not_specialize=["k"])
+@triton.jit(do_not_specialize=["k"], do_not_specialize_on_alignment=["k"])
 def _pg_backward_kernel(grad_ptr, coef_ptr, out_ptr, k, BLOCK: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     mask = rows < k
