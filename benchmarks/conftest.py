@@ -24,6 +24,10 @@ if not ON_CUDA:
     torch.set_num_threads(int(os.environ.get("TOKRL_BENCH_THREADS", "1")))
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "lease: the small kernel subset a short GPU lease can run (see NOTES.md)")
+
+
 def pytest_report_header(config) -> list[str]:
     if ON_CUDA:
         return [f"tokrl benchmarks on {device_name()}: Qwen2-1.5B head shapes, bf16, all providers that can run"]

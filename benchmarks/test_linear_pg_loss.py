@@ -310,8 +310,19 @@ def _case_id(mode: str, head_grad: bool, n_rows: int, fraction: float, provider:
     return f"{mode}-{_head_name(head_grad)}-N{n_rows}-{round(fraction * 100)}pct-{provider}"
 
 
+# The "lease" subset (`-m lease`, 16 cases): fwd + bwd with the head frozen and trained at the middle N (4096 on
+# CUDA), all rows and 5% of them, for naive, naive_sel and both tokrl backwards: what a short GPU lease can afford.
+LEASE_PROVIDERS = ("naive", "naive_sel", "tokrl", "tokrl_atomic")
+
+
+def _param(mode: str, head_grad: bool, n_rows: int, fraction: float, provider: str):
+    lease = mode == "fwd_bwd" and n_rows == ROWS[1] and fraction in (1.0, 0.05) and provider in LEASE_PROVIDERS
+    case_id = _case_id(mode, head_grad, n_rows, fraction, provider)
+    return pytest.param(mode, head_grad, n_rows, fraction, provider, id=case_id, marks=[pytest.mark.lease] * lease)
+
+
 CASES = [
-    pytest.param(mode, head_grad, n, frac, provider, id=_case_id(mode, head_grad, n, frac, provider))
+    _param(mode, head_grad, n, frac, provider)
     for n in ROWS
     for frac in FRACTIONS
     for mode, head_grad in MODES  # every mode shares one input case and its reference results

@@ -1,6 +1,6 @@
 """Triton forward: per selected row, lse, the target log-prob and (optionally) the entropy, in one sweep.
 
-Per row (z = hidden[index] @ weight.T / T over the V columns, fp32):
+Per row (z = map(hidden[index] @ weight.T) over the V columns, fp32; the map in `tokrl_kernels._logits`):
 
     lse  = logsumexp(z) = m + log S,    S = sum_j exp(z_j - m),  m = max_j z_j
     logp = z[target] - lse                                             (<= 0; a NaN stays NaN)
@@ -25,37 +25,24 @@ import torch
 import triton
 import triton.language as tl
 
-from tokrl_kernels._triton_tiles import INTERPRET, dot_flags, logits_tile, only_for_precision
+from tokrl_kernels._configs import FORWARD, INTERPRET, row_bucket
+from tokrl_kernels._logits import LogitMap
+from tokrl_kernels._triton_tiles import dot_flags, logits_tile, mapped_logits
 
-if INTERPRET:
-    # The interpreter's cost is per op, not per element: few large tiles; BLOCK_D=64 still splits D=72 in two.
-    _FWD_FP32_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_V": 512, "BLOCK_D": 64})]
-    _FWD_CONFIGS = _FWD_FP32_CONFIGS
-else:
-    _FWD_FP32_CONFIGS = [
-        triton.Config({"BLOCK_M": 64, "BLOCK_V": 128, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_V": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-    ]
-    _FWD_CONFIGS = _FWD_FP32_CONFIGS + [
-        triton.Config({"BLOCK_M": bm, "BLOCK_V": bv, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-        for bm, bv, bd, w, s in [
-            (128, 256, 64, 8, 3),
-            (128, 128, 64, 8, 4),
-            (64, 256, 64, 8, 4),
-        ]
-    ]
 # Split width is a multiple of every forward BLOCK_V, so only the last split has a ragged tile.
-_SPLIT_ALIGN = max(cfg.kwargs["BLOCK_V"] for cfg in _FWD_CONFIGS)
+_SPLIT_ALIGN = max(cfg.kwargs["BLOCK_V"] for cfg in FORWARD.configs)
 
 
-# Not keyed on k or SPLIT_V: k changes every RL step, and re-tuning each time would cost more than it wins.
-# The tensors' dtypes join the key automatically (Triton appends them).
-@triton.autotune(configs=_FWD_CONFIGS, key=["D", "V", "HAS_ENTROPY", "UPCAST"],
-                 prune_configs_by={"early_config_prune": only_for_precision(_FWD_FP32_CONFIGS)})  # fmt: skip
-@triton.jit
-def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, D, V, stride_h, stride_w, inv_temp,
-                      SPLIT_V, HAS_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
-                      BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+# Keyed on the bucketed row count (`row_bucket`), not k itself (it changes every RL step), nor SPLIT_V (it follows k).
+# The tensors' dtypes join the key automatically (Triton appends them). k and the row vectors are never specialised
+# (divisibility by 16, alignment of a sliced index): a new k must not compile a new kernel mid-run.
+@FORWARD.autotune(key=["D", "V", "K_BUCKET", "HAS_ENTROPY", "HAS_SOFTCAP", "UPCAST"])
+@triton.jit(do_not_specialize=["k", "K_BUCKET"],
+            do_not_specialize_on_alignment=["k", "K_BUCKET", "index_ptr", "target_ptr"])  # fmt: skip
+def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, K_BUCKET, D, V, stride_h, stride_w,
+                      z_scale, cap_in, SPLIT_V, HAS_ENTROPY: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+                      PRECISION: tl.constexpr):  # fmt: skip
     """Per (split, row tile): running max, sum of exp, target logit (and A) of z over the split's columns."""
     pid = tl.program_id(0).to(tl.int64)
     n_row_tiles = tl.cdiv(k, BLOCK_M)
@@ -74,8 +61,9 @@ def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, D, V, s
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)  # [BV]
         col_mask = cols < v_end
-        z = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
-                        BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION) * inv_temp  # fmt: skip  # [BM, BV]
+        y = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
+                        BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)  # fmt: skip  # [BM, BV]
+        z, _ = mapped_logits(y, z_scale, cap_in, HAS_SOFTCAP)  # [BM, BV]
         z = tl.where(col_mask[None, :], z, float("-inf"))
         tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
         # NaN-propagating max: a NaN logit (NaN hidden, inf * 0 weight) must reach lse, as in torch.
@@ -100,7 +88,7 @@ def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, D, V, s
         tl.store(out + 3 * n_splits * k, run_a, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k", "n_splits"], do_not_specialize_on_alignment=["k", "n_splits"])
 def _merge_kernel(stats_ptr, logp_ptr, lse_ptr, ent_ptr, k, n_splits, HAS_ENTROPY: tl.constexpr,
                   BLOCK: tl.constexpr):  # fmt: skip
     """lse = M + log S over the splits; logp = target logit (found in one split) - lse; H = log S - A / S."""
@@ -150,7 +138,7 @@ def plan_splits(k: int, vocab: int, device: torch.device) -> tuple[int, int]:
     return triton.cdiv(vocab, split_v), split_v
 
 
-def lse_forward(hidden, weight, targets, index, temperature: float, with_entropy: bool):
+def lse_forward(hidden, weight, targets, index, logit_map: LogitMap, with_entropy: bool):
     """(logp [k], lse [k], entropy [k] or None), all fp32, for validated, non-empty inputs."""
     k, (vocab, dim) = index.numel(), weight.shape
     n_splits, split_v = plan_splits(k, vocab, hidden.device)
@@ -162,8 +150,9 @@ def lse_forward(hidden, weight, targets, index, temperature: float, with_entropy
     upcast, precision = dot_flags(hidden.dtype, weight.dtype)
     grid = lambda meta: (triton.cdiv(k, meta["BLOCK_M"]) * n_splits,)
     _lse_split_kernel[grid](
-        hidden, weight, index, targets, stats, k, dim, vocab, hidden.stride(0), weight.stride(0),
-        1.0 / temperature, split_v, HAS_ENTROPY=with_entropy, UPCAST=upcast, PRECISION=precision,
+        hidden, weight, index, targets, stats, k, row_bucket(k), dim, vocab, hidden.stride(0), weight.stride(0),
+        logit_map.z_scale, logit_map.cap_in, split_v, HAS_ENTROPY=with_entropy, HAS_SOFTCAP=logit_map.has_softcap,
+        UPCAST=upcast, PRECISION=precision,
     )  # fmt: skip
     block = 64 if INTERPRET else 512
     _merge_kernel[(triton.cdiv(k, block),)](

@@ -16,14 +16,14 @@ Gradients flow to logp only (old_logp, ref_logp, advantages and weights are data
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from tokrl_kernels._configs import INTERPRET
+
 _BLOCK = 128 if INTERPRET else 1024
 
 
@@ -36,7 +36,8 @@ class _Options:
     beta: float
 
 
-@triton.jit
+# k and the user's row vectors are never specialised (divisibility, alignment): a new k compiles nothing new.
+@triton.jit(do_not_specialize=["k"], do_not_specialize_on_alignment=["k", "adv_ptr", "old_ptr", "ref_ptr", "w_ptr"])
 def _pg_forward_kernel(logp_ptr, adv_ptr, old_ptr, ref_ptr, w_ptr, loss_ptr, clipped_ptr, coef_ptr, k,
                        ratio_lo, ratio_hi, beta, HAS_OLD: tl.constexpr, HAS_KL: tl.constexpr,
                        HAS_W: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
@@ -68,7 +69,7 @@ def _pg_forward_kernel(logp_ptr, adv_ptr, old_ptr, ref_ptr, w_ptr, loss_ptr, cli
     tl.store(coef_ptr + rows, coef, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k"], do_not_specialize_on_alignment=["k"])
 def _pg_backward_kernel(grad_ptr, coef_ptr, out_ptr, k, BLOCK: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     mask = rows < k
