@@ -38,10 +38,14 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from tokrl.config import ALL_LINEAR
+from tokrl.lora_targets import check_lora_targets, resolve_lora_targets
 from tokrl.tokenizer import EOS_TOKEN, PAD_TOKEN, VOCAB, VOCAB_SIZE, build_char_tokenizer
 
 TINY_NAME = "tiny"
-DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Every linear layer of the decoder (tokrl.lora_targets); on Qwen2/Llama the paper's modules
+# (tokrl.config.PAPER_LORA_TARGETS).
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (ALL_LINEAR,)
 
 _DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
@@ -308,8 +312,8 @@ def _head_refusal(name: str, what: str) -> str:
     return (
         f"refusing to adapt the LM head: module {name!r} {what}. The fused policy-gradient loss multiplies "
         "hidden states by the raw LM-head weight (tied to the input embedding in Qwen2-style models), so "
-        "an adapter or trainable copy there would be silently ignored. Adapt only the decoder projections "
-        f"(default targets: {', '.join(DEFAULT_LORA_TARGETS)})."
+        "an adapter or trainable copy there would be silently ignored. Adapt only the decoder's layers "
+        f"(the default target {ALL_LINEAR!r} does)."
     )
 
 
@@ -319,25 +323,29 @@ def apply_lora(
     r: int = 16,
     alpha: int = 32,
     dropout: float = 0.05,
-    target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+    target_modules: str | Sequence[str] = DEFAULT_LORA_TARGETS,
 ) -> PeftModel:
-    """Wrap `model` with a LoRA adapter (paper defaults: r=16, alpha=32, dropout 0.05 on q/k/v/o/gate/up/down).
+    """Wrap `model` with a LoRA adapter (paper defaults r=16, alpha=32, dropout 0.05; targets: all-linear).
 
-    Only the adapter trains; peft freezes the base weights. An already peft-wrapped model is returned as
-    is, after the LM-head check. Targets that would select the LM head (or a tied embedding) are refused
-    before the model is touched (peft wraps in place).
+    target_modules: "all-linear" (every linear layer of the decoder, never the LM head or an embedding: on
+    Qwen2 the paper's q/k/v/o/gate/up/down_proj) or module names, each of which must exist in the model
+    (`tokrl.lora_targets`). Only the adapter trains; peft freezes the base weights. An already peft-wrapped
+    model is returned as is, after the LM-head check. Missing targets and targets that would select the LM
+    head (or a tied embedding) are refused before the model is touched (peft wraps in place).
     """
     if isinstance(model, PeftModel):
         check_lm_head_not_adapted(model)
         return model
-    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    check_lora_targets(model, target_modules)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM"
-    )
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=resolve_lora_targets(model, target_modules),
+        bias="none", task_type="CAUSAL_LM",
+    )  # fmt: skip
     check_lm_head_not_adapted(model)
     _check_peft_config(config, _head_module_names(model))
-    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; the user can do nothing about it
+    with warnings.catch_warnings():  # peft's notes the user can do nothing about
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out is set to False.*Conv1D.*")  # GPT-2: peft flips it
         peft_model = get_peft_model(model, config)
     check_lm_head_not_adapted(peft_model)
     return peft_model
