@@ -2,11 +2,17 @@
 
     from tokrl_kernels import linear_logprob, linear_pg_loss, PGLoss
 
-    logp = linear_logprob(hidden, weight, targets, index=None, *, temperature=1.0, impl="auto")
+    logp = linear_logprob(hidden, weight, targets, index=None, *, temperature=1.0, softcap=None,
+                          logit_scale=1.0, impl="auto")
     logp, entropy = linear_logprob(..., return_entropy=True)
     out = linear_pg_loss(hidden, weight, targets, advantages, index=None, *, old_logp=None, ref_logp=None,
                          weights=None, eps_low=0.2, eps_high=0.2, beta=0.0, temperature=1.0,
-                         reduction="sum", impl="auto")   # -> PGLoss(loss, logp, clipped)
+                         softcap=None, logit_scale=1.0, reduction="sum", impl="auto")
+                                                         # -> PGLoss(loss, logp, clipped)
+
+The logits are z = logit_scale * (hidden @ weight.T), then softcap * tanh(z / softcap) when softcap is set, then
+z / temperature: Gemma-2's final_logit_softcapping is softcap, Cohere's logit_scale is logit_scale, Granite's
+logits_scaling L is logit_scale = 1 / L (see `tokrl_kernels._logits`).
 
 Shapes: hidden [N, D] and weight [V, D] (the LM head) in fp32/bf16/fp16; index [k] int64 rows of
 hidden (repeats allowed; None = all rows); targets, advantages, old_logp, ref_logp, weights [k]. The
@@ -46,20 +52,23 @@ def linear_logprob(
     index: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     return_entropy: bool = False,
     impl: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(hidden[index] @ weight.T / temperature)[targets]: fp32 [k], each <= 0.
+    """log softmax(z)[targets] with z = map(hidden[index] @ weight.T): fp32 [k], each <= 0.
 
-    return_entropy=True returns (logp [k], entropy [k]): entropy_i = -sum_v p_v log p_v of
-    p = softmax(hidden[index[i]] @ weight.T / temperature), over the full vocabulary, computed in the same sweep.
+    map: z = logit_scale * y, then softcap * tanh(z / softcap) (softcap not None), then z / temperature.
+    return_entropy=True returns (logp [k], entropy [k]): entropy_i = -sum_v p_v log p_v of p = softmax(z_i),
+    over the full vocabulary, computed in the same sweep.
     Both are differentiable w.r.t. hidden, and w.r.t. weight when it requires grad.
     """
     backend = get_backend(impl, _device_of(hidden))
-    index = validate_logprob_inputs(hidden, weight, targets, index, temperature)
+    index, logit_map = validate_logprob_inputs(hidden, weight, targets, index, temperature, softcap, logit_scale)
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy: expected a bool, got {type(return_entropy).__name__}")
-    return backend.logprob(hidden, weight, targets, index, float(temperature), return_entropy=return_entropy)
+    return backend.logprob(hidden, weight, targets, index, logit_map, return_entropy=return_entropy)
 
 
 def linear_pg_loss(
@@ -76,13 +85,17 @@ def linear_pg_loss(
     eps_high: float = 0.2,
     beta: float = 0.0,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     reduction: str = "sum",
     impl: str = "auto",
 ) -> PGLoss:
     """Clipped policy-gradient (+ beta * k3 KL) loss at the selected rows; see `tokrl_kernels.reference`.
 
     Per row: loss_i = weights_i * (-min(r*A, clamp(r, 1-eps_low, 1+eps_high)*A) + beta*kl_i), r = exp(logp - old).
-    reduction: "sum", "mean" (over k; 0 when k = 0) or "none" ([k]).
+    reduction: "sum", "mean" (over k; 0 when k = 0) or "none" ([k]). softcap / logit_scale: as `linear_logprob`.
+    Gradients flow to hidden (and weight when it requires grad) only: advantages, old_logp, ref_logp and weights
+    are data, and get no gradient (None) from either implementation.
     """
     backend = get_backend(impl, _device_of(hidden))
     return compose_pg_loss(
@@ -100,5 +113,7 @@ def linear_pg_loss(
         eps_high=eps_high,
         beta=beta,
         temperature=temperature,
+        softcap=softcap,
+        logit_scale=logit_scale,
         reduction=reduction,
     )

@@ -13,7 +13,16 @@ import torch
 import triton
 import triton.language as tl
 
-from tokrl_kernels._triton_tiles import INTERPRET, dlogits_tile, dot_flags, logits_tile, only_for_precision
+from tokrl_kernels._logits import LogitMap
+from tokrl_kernels._triton_tiles import (
+    INTERPRET,
+    dlogits_tile,
+    dot_flags,
+    logits_tile,
+    mapped_logits,
+    only_for_precision,
+    slope_tile,
+)
 
 if INTERPRET:
     _BWD_FP32_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_V": 512, "BLOCK_D": 64, "GROUP_M": 2})]
@@ -32,13 +41,14 @@ else:
     ]
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["D", "V", "HAS_DH", "HAS_DW", "HAS_ENT_GRAD", "UPCAST"],
+@triton.autotune(configs=_BWD_CONFIGS, key=["D", "V", "HAS_DH", "HAS_DW", "HAS_ENT_GRAD", "HAS_SOFTCAP", "UPCAST"],
                  reset_to_zero=["dh_ptr", "dw_ptr"],
                  prune_configs_by={"early_config_prune": only_for_precision(_BWD_FP32_CONFIGS)})  # fmt: skip
 @triton.jit
 def _backward_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad_ptr, grad_ent_ptr, dh_ptr, dw_ptr,
-                     k, D, V, stride_h, stride_w, inv_temp, HAS_DH: tl.constexpr, HAS_DW: tl.constexpr,
-                     HAS_ENT_GRAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+                     k, D, V, stride_h, stride_w, z_scale, cap_in, grad_scale, HAS_DH: tl.constexpr,
+                     HAS_DW: tl.constexpr, HAS_ENT_GRAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
                      BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
                      PRECISION: tl.constexpr):  # fmt: skip
     """One (row tile, vocab tile): recompute z, dz (fp32), atomically add into dH (HAS_DH) and dW (HAS_DW)."""
@@ -67,9 +77,11 @@ def _backward_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad
     cols = n * BLOCK_V + tl.arange(0, BLOCK_V)  # [BV]
     col_mask = cols < V
 
-    z = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
-                    BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION) * inv_temp  # fmt: skip  # [BM, BV]
-    dz = dlogits_tile(z, cols, col_mask, tgt, lse, g, g_ent, ent, inv_temp, HAS_ENT_GRAD)  # [BM, BV] fp32
+    y = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
+                    BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)  # fmt: skip  # [BM, BV]
+    z, t = mapped_logits(y, z_scale, cap_in, HAS_SOFTCAP)  # [BM, BV]
+    slope = slope_tile(t, grad_scale, HAS_SOFTCAP)  # dz/dy: scalar or [BM, BV]
+    dz = dlogits_tile(z, cols, col_mask, tgt, lse, g, g_ent, ent, slope, HAS_ENT_GRAD)  # [BM, BV] fp32
     if not UPCAST:
         # Tensor-core operands in the input dtype (as torch's own backward); fp32 stays fp32.
         dz = dz.to(w_ptr.dtype.element_ty)
@@ -96,7 +108,7 @@ def _backward_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad
 
 
 def backward_atomic(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_dh: bool,
-                    need_dw: bool, temperature: float):  # fmt: skip
+                    need_dw: bool, logit_map: LogitMap):  # fmt: skip
     """(dH [N, D] fp32 or None, dW [V, D] fp32 or None); grad_entropy None = no entropy term."""
     k, (vocab, dim) = index.numel(), weight.shape
     grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_dh else None  # [N, D]
@@ -110,7 +122,7 @@ def backward_atomic(hidden, weight, targets, index, lse, entropy, grad_logp, gra
             hidden, weight, index, targets, lse, entropy if has_ent else lse, grad_logp,
             grad_entropy if has_ent else grad_logp, placeholder if grad_h is None else grad_h,
             placeholder if grad_w is None else grad_w, k, dim, vocab, hidden.stride(0), weight.stride(0),
-            1.0 / temperature, HAS_DH=need_dh, HAS_DW=need_dw, HAS_ENT_GRAD=has_ent, UPCAST=upcast,
-            PRECISION=precision,
+            logit_map.z_scale, logit_map.cap_in, logit_map.grad_scale, HAS_DH=need_dh, HAS_DW=need_dw,
+            HAS_ENT_GRAD=has_ent, HAS_SOFTCAP=logit_map.has_softcap, UPCAST=upcast, PRECISION=precision,
         )  # fmt: skip
     return grad_h, grad_w

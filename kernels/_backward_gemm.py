@@ -2,8 +2,9 @@
 
 For a block of R selected rows (R <= k) and a vocabulary chunk [v0, v1) of Vc columns:
 
-    dz      = (g * onehot - p * (g + g_H (log p + H))) / T     [R, Vc], `_dz_chunk_kernel`: z recomputed
+    dz      = (g * onehot - p * (g + g_H (log p + H))) dz/dy   [R, Vc], `_dz_chunk_kernel`: z recomputed
                                                                  tile-wise in fp32, stored in the input dtype
+                                                                 (dz/dy: the logit map's slope, `_logits`)
     dH_rows += dz @ W[v0:v1]                                    [R, D]  fp32 accumulation (cuBLAS)
     dW[v0:v1] += dz^T @ H[index_block]                          [Vc, D] fp32 accumulation (cuBLAS), trained head
     dH.index_add_(0, index_block, dH_rows)                      repeated indices add up
@@ -29,7 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
-from tokrl_kernels._triton_tiles import INTERPRET, dlogits_tile, dot_flags, logits_tile, only_for_precision
+from tokrl_kernels._logits import LogitMap
+from tokrl_kernels._triton_tiles import (
+    INTERPRET,
+    dlogits_tile,
+    dot_flags,
+    logits_tile,
+    mapped_logits,
+    only_for_precision,
+    slope_tile,
+)
 
 # 60 MiB: the [k]-sized buffers and the forward statistics fit beside it under the 64 MiB workspace target.
 # A module attribute: tests lower it to force several row blocks and vocabulary chunks.
@@ -55,12 +65,13 @@ else:
 
 
 # Not keyed on the row block or the chunk width (they follow k, which changes every RL step).
-@triton.autotune(configs=_DZ_CONFIGS, key=["D", "HAS_ENT_GRAD", "UPCAST"],
+@triton.autotune(configs=_DZ_CONFIGS, key=["D", "HAS_ENT_GRAD", "HAS_SOFTCAP", "UPCAST"],
                  prune_configs_by={"early_config_prune": only_for_precision(_DZ_FP32_CONFIGS)})  # fmt: skip
 @triton.jit
 def _dz_chunk_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad_ptr, grad_ent_ptr, dz_ptr,
-                     n_rows, D, v_start, v_end, stride_h, stride_w, stride_dz, inv_temp,
-                     HAS_ENT_GRAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+                     n_rows, D, v_start, v_end, stride_h, stride_w, stride_dz, z_scale, cap_in, grad_scale,
+                     HAS_ENT_GRAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_V: tl.constexpr,
                      BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
                      PRECISION: tl.constexpr):  # fmt: skip
     """dz[r, c] for the block's rows r < n_rows and the chunk's columns v_start + c < v_end (module docstring)."""
@@ -89,9 +100,11 @@ def _dz_chunk_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad
     cols = v_start + n * BLOCK_V + tl.arange(0, BLOCK_V)  # [BV] vocabulary columns
     col_mask = cols < v_end
 
-    z = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
-                    BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION) * inv_temp  # fmt: skip  # [BM, BV]
-    dz = dlogits_tile(z, cols, col_mask, tgt, lse, g, g_ent, ent, inv_temp, HAS_ENT_GRAD)  # [BM, BV] fp32
+    y = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
+                    BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)  # fmt: skip  # [BM, BV]
+    z, t = mapped_logits(y, z_scale, cap_in, HAS_SOFTCAP)  # [BM, BV]
+    slope = slope_tile(t, grad_scale, HAS_SOFTCAP)  # dz/dy: scalar or [BM, BV]
+    dz = dlogits_tile(z, cols, col_mask, tgt, lse, g, g_ent, ent, slope, HAS_ENT_GRAD)  # [BM, BV] fp32
     out = dz_ptr + rows[:, None] * stride_dz + (cols - v_start)[None, :]
     tl.store(out, dz.to(dz_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
@@ -135,7 +148,7 @@ def plan_blocks(k: int, dim: int, vocab: int, dz_bytes: int, need_dw: bool, row_
 
 
 def backward_gemm(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_dh: bool,
-                  need_dw: bool, temperature: float):  # fmt: skip
+                  need_dw: bool, logit_map: LogitMap):  # fmt: skip
     """(dH [N, D] fp32 or None, dW [V, D] or None); grad_entropy None = no entropy term.
 
     dW is fp32 when several row blocks accumulate into it; with one block (k <= R) each chunk's GEMM writes its
@@ -173,8 +186,9 @@ def backward_gemm(hidden, weight, targets, index, lse, entropy, grad_logp, grad_
             _dz_chunk_kernel[grid](
                 hidden, weight, idx, targets[r0:r1], lse[r0:r1], entropy[r0:r1] if has_ent else lse[r0:r1],
                 grad_logp[r0:r1], grad_entropy[r0:r1] if has_ent else grad_logp[r0:r1], dz, r1 - r0, dim, v0, v1,
-                hidden.stride(0), weight.stride(0), dz.stride(0), 1.0 / temperature, HAS_ENT_GRAD=has_ent,
-                UPCAST=upcast, PRECISION=precision,
+                hidden.stride(0), weight.stride(0), dz.stride(0), logit_map.z_scale, logit_map.cap_in,
+                logit_map.grad_scale, HAS_ENT_GRAD=has_ent, HAS_SOFTCAP=logit_map.has_softcap, UPCAST=upcast,
+                PRECISION=precision,
             )  # fmt: skip
             tile = dz[: r1 - r0, : v1 - v0]  # [r, vc]
             if need_dh:

@@ -60,10 +60,10 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
-def _triton_logprob(hidden, weight, targets, index, temperature, return_entropy=False):
+def _triton_logprob(hidden, weight, targets, index, logit_map, return_entropy=False):
     from tokrl_kernels.triton_logprob import linear_logprob
 
-    return linear_logprob(hidden, weight, targets, index, temperature=temperature, return_entropy=return_entropy)
+    return linear_logprob(hidden, weight, targets, index, logit_map, return_entropy=return_entropy)
 
 
 def _triton_epilogue(*args, **kwargs):

@@ -1,6 +1,6 @@
 """Triton forward: per selected row, lse, the target log-prob and (optionally) the entropy, in one sweep.
 
-Per row (z = hidden[index] @ weight.T / T over the V columns, fp32):
+Per row (z = map(hidden[index] @ weight.T) over the V columns, fp32; the map in `tokrl_kernels._logits`):
 
     lse  = logsumexp(z) = m + log S,    S = sum_j exp(z_j - m),  m = max_j z_j
     logp = z[target] - lse                                             (<= 0; a NaN stays NaN)
@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tokrl_kernels._triton_tiles import INTERPRET, dot_flags, logits_tile, only_for_precision
+from tokrl_kernels._logits import LogitMap
+from tokrl_kernels._triton_tiles import INTERPRET, dot_flags, logits_tile, mapped_logits, only_for_precision
 
 if INTERPRET:
     # The interpreter's cost is per op, not per element: few large tiles; BLOCK_D=64 still splits D=72 in two.
@@ -50,11 +51,12 @@ _SPLIT_ALIGN = max(cfg.kwargs["BLOCK_V"] for cfg in _FWD_CONFIGS)
 
 # Not keyed on k or SPLIT_V: k changes every RL step, and re-tuning each time would cost more than it wins.
 # The tensors' dtypes join the key automatically (Triton appends them).
-@triton.autotune(configs=_FWD_CONFIGS, key=["D", "V", "HAS_ENTROPY", "UPCAST"],
+@triton.autotune(configs=_FWD_CONFIGS, key=["D", "V", "HAS_ENTROPY", "HAS_SOFTCAP", "UPCAST"],
                  prune_configs_by={"early_config_prune": only_for_precision(_FWD_FP32_CONFIGS)})  # fmt: skip
 @triton.jit
-def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, D, V, stride_h, stride_w, inv_temp,
-                      SPLIT_V, HAS_ENTROPY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, D, V, stride_h, stride_w, z_scale,
+                      cap_in, SPLIT_V, HAS_ENTROPY: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
                       BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """Per (split, row tile): running max, sum of exp, target logit (and A) of z over the split's columns."""
     pid = tl.program_id(0).to(tl.int64)
@@ -74,8 +76,9 @@ def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, D, V, s
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)  # [BV]
         col_mask = cols < v_end
-        z = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
-                        BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION) * inv_temp  # fmt: skip  # [BM, BV]
+        y = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
+                        BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)  # fmt: skip  # [BM, BV]
+        z, _ = mapped_logits(y, z_scale, cap_in, HAS_SOFTCAP)  # [BM, BV]
         z = tl.where(col_mask[None, :], z, float("-inf"))
         tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
         # NaN-propagating max: a NaN logit (NaN hidden, inf * 0 weight) must reach lse, as in torch.
@@ -150,7 +153,7 @@ def plan_splits(k: int, vocab: int, device: torch.device) -> tuple[int, int]:
     return triton.cdiv(vocab, split_v), split_v
 
 
-def lse_forward(hidden, weight, targets, index, temperature: float, with_entropy: bool):
+def lse_forward(hidden, weight, targets, index, logit_map: LogitMap, with_entropy: bool):
     """(logp [k], lse [k], entropy [k] or None), all fp32, for validated, non-empty inputs."""
     k, (vocab, dim) = index.numel(), weight.shape
     n_splits, split_v = plan_splits(k, vocab, hidden.device)
@@ -163,7 +166,8 @@ def lse_forward(hidden, weight, targets, index, temperature: float, with_entropy
     grid = lambda meta: (triton.cdiv(k, meta["BLOCK_M"]) * n_splits,)
     _lse_split_kernel[grid](
         hidden, weight, index, targets, stats, k, dim, vocab, hidden.stride(0), weight.stride(0),
-        1.0 / temperature, split_v, HAS_ENTROPY=with_entropy, UPCAST=upcast, PRECISION=precision,
+        logit_map.z_scale, logit_map.cap_in, split_v, HAS_ENTROPY=with_entropy, HAS_SOFTCAP=logit_map.has_softcap,
+        UPCAST=upcast, PRECISION=precision,
     )  # fmt: skip
     block = 64 if INTERPRET else 512
     _merge_kernel[(triton.cdiv(k, block),)](

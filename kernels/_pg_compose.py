@@ -14,7 +14,7 @@ import torch
 
 from tokrl_kernels._validation import validate_logprob_inputs, validate_pg_inputs
 
-# (hidden, weight, targets, index, temperature, return_entropy=False) -> logp [k] or (logp [k], entropy [k])
+# (hidden, weight, targets, index, logit_map, return_entropy=False) -> logp [k] or (logp [k], entropy [k])
 LogprobFn = Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 EpilogueFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -43,15 +43,17 @@ def compose_pg_loss(
     eps_high: float,
     beta: float,
     temperature: float,
+    softcap: float | None,
+    logit_scale: float,
     reduction: str,
 ) -> PGLoss:
-    index = validate_logprob_inputs(hidden, weight, targets, index, temperature)  # [k] int64
+    index, logit_map = validate_logprob_inputs(hidden, weight, targets, index, temperature, softcap, logit_scale)
     k = index.numel()
     validate_pg_inputs(
         advantages, old_logp, ref_logp, weights, k=k, device=hidden.device,
         eps_low=eps_low, eps_high=eps_high, beta=beta, reduction=reduction,
     )  # fmt: skip
-    logp = logprob_fn(hidden, weight, targets, index, float(temperature))  # [k] fp32
+    logp = logprob_fn(hidden, weight, targets, index, logit_map)  # [k] fp32
     loss_rows, clipped = epilogue_fn(
         logp, advantages, old_logp, ref_logp if beta > 0 else None, weights,
         eps_low=float(eps_low), eps_high=float(eps_high), beta=float(beta),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
+
+from tokrl_kernels._logits import LogitMap
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _REDUCTIONS = ("sum", "mean", "none")
@@ -18,6 +21,27 @@ def _require_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def _require_real(name: str, value: object, expected: str) -> float:
+    """A Python or NumPy real number (not a bool, a string or a tensor), returned as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: object, expected: str = "a finite float > 0") -> float:
+    number = _require_real(name, value, expected)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return number
+
+
+def validate_logit_map(temperature: object, softcap: object, logit_scale: object) -> LogitMap:
+    """The logit map's options checked (each > 0 and finite; softcap may be None) and bundled."""
+    temperature = _check_positive("temperature", temperature)
+    cap = None if softcap is None else _check_positive("softcap", softcap, "None or a finite float > 0")
+    return LogitMap(temperature, cap, _check_positive("logit_scale", logit_scale))
 
 
 def _check_index_like(name: str, t: torch.Tensor, length: int | None, upper: int, upper_name: str) -> torch.Tensor:
@@ -54,9 +78,11 @@ def validate_logprob_inputs(
     weight: torch.Tensor,
     targets: torch.Tensor,
     index: torch.Tensor | None,
-    temperature: float,
-) -> torch.Tensor:
-    """Checks the log-prob arguments and returns the int64 row index [k] (all rows when `index` is None)."""
+    temperature: object,
+    softcap: object = None,
+    logit_scale: object = 1.0,
+) -> tuple[torch.Tensor, LogitMap]:
+    """Checks the log-prob arguments; returns the int64 row index [k] (all rows when `index` is None) and the map."""
     _require_tensor("hidden", hidden)
     _require_tensor("weight", weight)
     _require_tensor("targets", targets)
@@ -73,10 +99,7 @@ def validate_logprob_inputs(
         raise ValueError(f"weight: expected hidden size D={hidden.shape[1]} (from hidden), got {weight.shape[1]}")
     if weight.device != hidden.device:
         raise ValueError(f"weight: expected device {hidden.device} (from hidden), got {weight.device}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature: expected a positive float, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
+    logit_map = validate_logit_map(temperature, softcap, logit_scale)
     n_rows = hidden.shape[0]
     if index is None:
         index = torch.arange(n_rows, device=hidden.device)
@@ -88,7 +111,7 @@ def validate_logprob_inputs(
     if targets.device != hidden.device:
         raise ValueError(f"targets: expected device {hidden.device}, got {targets.device}")
     _check_index_like("targets", targets, index.numel(), weight.shape[0], "the vocabulary size V")
-    return index
+    return index, logit_map
 
 
 def validate_pg_inputs(
@@ -109,11 +132,12 @@ def validate_pg_inputs(
     for name, t in (("advantages", advantages), ("old_logp", old_logp), ("ref_logp", ref_logp), ("weights", weights)):
         _check_row_vector(name, t, k, device)
     for name, value in (("eps_low", eps_low), ("eps_high", eps_high), ("beta", beta)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name}: expected a finite value >= 0, got {value}")
+        number = _require_real(name, value, "a finite float >= 0")
+        if not (math.isfinite(number) and number >= 0):
+            raise ValueError(f"{name}: expected a finite float >= 0, got {value}")
     if eps_low >= 1:
         raise ValueError(f"eps_low: expected a value in [0, 1) so that 1 - eps_low > 0, got {eps_low}")
     if beta > 0 and ref_logp is None:
         raise ValueError("ref_logp: required when beta > 0 (the KL term needs the reference log-probs), got None")
-    if reduction not in _REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {', '.join(map(repr, _REDUCTIONS))}, got {reduction!r}")

@@ -2,7 +2,8 @@
 
 Math, per selected row i (k rows, `index[i]` picks a row of `hidden`; no index means all N rows):
 
-    z      = hidden[index[i]] @ weight.T / T                      [V] fp32
+    y      = hidden[index[i]] @ weight.T                          [V] fp32
+    z      = map(y): s * y, then c * tanh(z / c) (softcap c), / T  [V] fp32 (`tokrl_kernels._logits`)
     logp_i = z[targets[i]] - logsumexp(z)                          fp32, <= 0
     H_i    = -sum_v p_v log p_v,  p = softmax(z)                   fp32, >= 0 (only with return_entropy)
     r      = exp(logp_i - old_i)                                   (old = logp.detach() when None, so r = 1)
@@ -10,9 +11,10 @@ Math, per selected row i (k rows, `index[i]` picks a row of `hidden`; no index m
     kl     = exp(ref_i - logp_i) - (ref_i - logp_i) - 1            (k3 estimator, only when beta > 0)
     loss_i = w_i * (pg + beta * kl)
 
-Backward of logp_i (and H_i): dz = (g_i * (onehot(targets[i]) - p) - g_H_i * p * (log p + H_i)) / T,
-dH[index[i]] += dz @ W, dW += dz^T @ h. The entropy is kept as H = log S - A / S with S = sum exp(z - m) and
-A = sum exp(z - m) (z - m) relative to the running max m (no cancellation against lse).
+Backward of logp_i (and H_i): dy = (g_i * (onehot(targets[i]) - p) - g_H_i * p * (log p + H_i)) * dz/dy with
+dz/dy = s / T * (1 - tanh^2) (s / T without a soft-cap), dH[index[i]] += dy @ W, dW += dy^T @ h. The entropy
+is kept as H = log S - A / S with S = sum exp(z - m) and A = sum exp(z - m) (z - m) relative to the running max
+m (no cancellation against lse).
 
 Dtype contract: every product runs in fp32 (the inputs are upcast per chunk, whatever their dtypes; hidden and
 weight may differ), autocast is switched off inside the op (forward and backward), and the gradients come back
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from tokrl_kernels._logits import LogitMap
 from tokrl_kernels._pg_compose import PGLoss, compose_pg_loss
 from tokrl_kernels._validation import validate_logprob_inputs
 
@@ -52,15 +55,26 @@ def _vocab_slices(rows: int, hidden_dim: int, vocab: int):
         yield start, min(start + step, vocab)
 
 
+def _map_products_(products: torch.Tensor, logit_map: LogitMap) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(z, t) from an fp32 products tile y [c, vc], in place on it: t = tanh(s y / c) with a soft-cap, else None.
+
+    t is returned for the backward's slope dz/dy = grad_scale * (1 - t^2); without a soft-cap z is y itself.
+    """
+    if not logit_map.has_softcap:
+        return products.mul_(logit_map.z_scale), None
+    t = products.mul_(logit_map.cap_in).tanh_()  # [c, vc]
+    return t * logit_map.z_scale, t
+
+
 class _ChunkedLinearLogprob(torch.autograd.Function):
-    """log_softmax(hidden[index] @ weight.T / T)[targets] (and H), chunked over rows and vocabulary; recomputes."""
+    """log_softmax(map(hidden[index] @ weight.T))[targets] (and H), chunked over rows and vocabulary; recomputes."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, index, temperature, with_entropy):
+    def forward(ctx, hidden, weight, targets, index, logit_map: LogitMap, with_entropy):
         with torch.autocast(hidden.device.type, enabled=False):  # "fp32 tiles" must stay fp32 under autocast
-            logp, lse, entropy = _forward(hidden, weight, targets, index, temperature, with_entropy)
+            logp, lse, entropy = _forward(hidden, weight, targets, index, logit_map, with_entropy)
         ctx.save_for_backward(hidden, weight, targets, index, lse, entropy)
-        ctx.temperature = temperature
+        ctx.logit_map = logit_map
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: skip its term
         return logp, entropy
 
@@ -74,13 +88,13 @@ class _ChunkedLinearLogprob(torch.autograd.Function):
         grad_entropy = None if grad_entropy is None else grad_entropy.float()  # [k]
         with torch.autocast(hidden.device.type, enabled=False):
             grad_h, grad_w = _backward(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy,
-                                       need_h, need_w, ctx.temperature)  # fmt: skip
+                                       need_h, need_w, ctx.logit_map)  # fmt: skip
         grad_hidden = grad_h.to(hidden.dtype) if need_h else None
         grad_weight = grad_w.to(weight.dtype) if need_w else None
         return grad_hidden, grad_weight, None, None, None, None
 
 
-def _forward(hidden, weight, targets, index, temperature, with_entropy):
+def _forward(hidden, weight, targets, index, logit_map, with_entropy):
     """(logp [k], lse [k], entropy [k] or None) fp32, one sweep over the vocabulary per row chunk."""
     k, vocab, hidden_dim = index.numel(), weight.shape[0], weight.shape[1]
     logp = torch.empty(k, dtype=torch.float32, device=hidden.device)  # [k]
@@ -94,7 +108,7 @@ def _forward(hidden, weight, targets, index, temperature, with_entropy):
         run_a = torch.zeros(r1 - r0, device=hidden.device)  # [c] sum exp(z - m) (z - m)
         tgt_logit = torch.zeros(r1 - r0, device=hidden.device)  # [c]
         for v0, v1 in _vocab_slices(r1 - r0, hidden_dim, vocab):
-            z = (rows @ weight[v0:v1].float().T).div_(temperature)  # [c, vc] fp32
+            z = _map_products_(rows @ weight[v0:v1].float().T, logit_map)[0]  # [c, vc] fp32
             in_tile = (tgt >= v0) & (tgt < v1)  # [c]
             local = (tgt - v0).clamp(0, v1 - v0 - 1)  # [c]
             picked = z.gather(1, local[:, None]).squeeze(1)  # [c] target logit read from the fp32 tile
@@ -125,7 +139,7 @@ def _forward(hidden, weight, targets, index, temperature, with_entropy):
     return logp, lse, entropy
 
 
-def _backward(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_h, need_w, temperature):
+def _backward(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_h, need_w, logit_map):
     """(dH [N, D] fp32 or None, dW [V, D] fp32 or None): logits recomputed per (row chunk, vocab slice)."""
     k, vocab, hidden_dim = index.numel(), weight.shape[0], weight.shape[1]
     grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None  # [N, D]
@@ -139,7 +153,7 @@ def _backward(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entr
         d_rows = torch.zeros_like(rows) if need_h else None  # [c, D]
         for v0, v1 in _vocab_slices(r1 - r0, hidden_dim, vocab):
             w_slice = weight[v0:v1].float()  # [vc, D]
-            z = (rows @ w_slice.T).div_(temperature)  # [c, vc]
+            z, tanh = _map_products_(rows @ w_slice.T, logit_map)  # [c, vc], [c, vc] or None
             log_p = z.sub_(lse[r0:r1, None])  # [c, vc] in place
             if grad_entropy is None:
                 dz = log_p.exp_().mul_(-g[:, None])  # [c, vc] = -g * softmax, in place
@@ -151,7 +165,11 @@ def _backward(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entr
             hit = in_tile.nonzero().squeeze(1)  # [h]
             # The +g of the one-hot is added in fp32 on the tile: no bf16 cancellation of g*(1 - p).
             dz[hit, tgt[hit] - v0] += g[hit]
-            dz /= temperature
+            if tanh is None:
+                dz *= logit_map.grad_scale  # dz/dy, now w.r.t. the products y
+            else:
+                dz *= tanh.square_().neg_().add_(1.0).mul_(logit_map.grad_scale)  # (s / T) (1 - t^2)
+                del tanh
             if need_h:
                 d_rows += dz @ w_slice  # [c, D]
             if need_w:
@@ -166,11 +184,11 @@ def chunked_linear_logprob(
     weight: torch.Tensor,
     targets: torch.Tensor,
     index: torch.Tensor,
-    temperature: float,
+    logit_map: LogitMap,
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Validated-input core of `linear_logprob`: index is an int64 [k] tensor. logp [k] fp32 (and entropy [k])."""
-    logp, entropy = _ChunkedLinearLogprob.apply(hidden, weight, targets, index, float(temperature), return_entropy)
+    logp, entropy = _ChunkedLinearLogprob.apply(hidden, weight, targets, index, logit_map, return_entropy)
     return (logp, entropy) if return_entropy else logp
 
 
@@ -185,14 +203,17 @@ def pg_epilogue(
     eps_high: float,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row clipped policy-gradient (+ beta * k3 KL) loss from log-probs; differentiable w.r.t. logp.
+    """Per-row clipped policy-gradient (+ beta * k3 KL) loss from log-probs; differentiable w.r.t. logp only.
 
+    advantages, old_logp, ref_logp and weights are data: detached here as in the Triton epilogue, so neither
+    implementation gives them a gradient (None), whether or not they require one.
     Works in logp's floating dtype (fp32 from the kernels; float64 for the tests' ground truth).
     Returns (loss_rows [k], clipped [k] bool); a clipped row has zero gradient.
     """
     dtype = logp.dtype
-    adv = advantages.to(dtype)  # [k]
-    old = logp.detach() if old_logp is None else old_logp.to(dtype)  # [k]
+    data = lambda t: None if t is None else t.detach().to(dtype)
+    adv, old_logp, ref_logp, weights = data(advantages), data(old_logp), data(ref_logp), data(weights)  # [k] each
+    old = logp.detach() if old_logp is None else old_logp  # [k]
     ratio = torch.exp(logp - old)  # [k]
     clamped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [k]
     clipped = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))  # [k] bool
@@ -200,10 +221,10 @@ def pg_epilogue(
     pg = -torch.where(clipped, (clamped * adv).detach(), ratio * adv)  # [k]
     loss = pg
     if beta > 0.0:
-        delta = ref_logp.to(dtype) - logp  # [k]
+        delta = ref_logp - logp  # [k]
         loss = loss + beta * (torch.exp(delta) - delta - 1.0)
     if weights is not None:
-        loss = loss * weights.to(dtype)
+        loss = loss * weights
     return loss, clipped
 
 
@@ -214,11 +235,13 @@ def linear_logprob(
     index: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(hidden[index] @ weight.T / temperature)[targets] as fp32 [k] (and the entropies [k])."""
-    index = validate_logprob_inputs(hidden, weight, targets, index, temperature)
-    return chunked_linear_logprob(hidden, weight, targets, index, temperature, return_entropy)
+    """log softmax(map(hidden[index] @ weight.T))[targets] as fp32 [k] (and the entropies [k]); map in the docstring."""
+    index, logit_map = validate_logprob_inputs(hidden, weight, targets, index, temperature, softcap, logit_scale)
+    return chunked_linear_logprob(hidden, weight, targets, index, logit_map, return_entropy)
 
 
 def linear_pg_loss(
@@ -235,6 +258,8 @@ def linear_pg_loss(
     eps_high: float = 0.2,
     beta: float = 0.0,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     reduction: str = "sum",
 ) -> PGLoss:
     """The clipped policy-gradient loss at selected rows (see the module docstring), PyTorch twin."""
@@ -253,5 +278,7 @@ def linear_pg_loss(
         eps_high=eps_high,
         beta=beta,
         temperature=temperature,
+        softcap=softcap,
+        logit_scale=logit_scale,
         reduction=reduction,
     )

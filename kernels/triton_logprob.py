@@ -5,12 +5,13 @@ Named triton_logprob, not linear_logprob: a submodule of that name would replace
 
 Math, per selected row i (k rows; `index[i]` picks a row of hidden [N, D]; weight is [V, D]):
 
-    z      = hidden[index[i]] @ weight.T / T          [V] fp32 (bf16/fp16 operands, fp32 accumulation)
+    y      = hidden[index[i]] @ weight.T              [V] fp32 (bf16/fp16 operands, fp32 accumulation)
+    z      = map(y): s * y, softcap c * tanh(z / c), / T   (`tokrl_kernels._logits`; slope dz/dy)
     lse_i  = logsumexp(z)                              fp32
     logp_i = z[targets[i]] - lse_i                     fp32, <= 0
     H_i    = -sum_v p_v log p_v,  p = softmax(z)       fp32, >= 0 (only with return_entropy)
-    dz     = (g_i * (onehot(targets[i]) - p) - g_H_i * p * (log p + H_i)) / T    (g = d loss / d logp_i,
-                                                                                  g_H = d loss / d H_i)
+    dz     = (g_i * (onehot(targets[i]) - p) - g_H_i * p * (log p + H_i)) * dz/dy    (g = d loss / d logp_i,
+                                                                                      g_H = d loss / d H_i)
     dH[index[i]] += dz @ weight     dW += dz^T @ hidden[index[i]]    (repeated indices add up)
 
 Forward: `_lse_forward` (one sweep over the vocabulary: lse, logp, entropy). Backward, two variants:
@@ -33,6 +34,7 @@ import torch
 
 from tokrl_kernels._backward_atomic import backward_atomic
 from tokrl_kernels._backward_gemm import backward_gemm
+from tokrl_kernels._logits import LogitMap
 from tokrl_kernels._lse_forward import lse_forward
 
 _BACKWARDS = {"gemm": backward_gemm, "atomic": backward_atomic}
@@ -56,7 +58,7 @@ def backward_variant(name: str) -> Iterator[None]:
 class _Options:
     """Non-tensor options of one call."""
 
-    temperature: float
+    logit_map: LogitMap
     with_entropy: bool
     backward: str  # read when the call is made, so a variant chosen for a forward also runs its backward
 
@@ -65,7 +67,7 @@ class _LinearLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, index, opts: _Options):
         with torch.autocast(hidden.device.type, enabled=False):  # no torch op here may change dtype under autocast
-            logp, lse, entropy = lse_forward(hidden, weight, targets, index, opts.temperature, opts.with_entropy)
+            logp, lse, entropy = lse_forward(hidden, weight, targets, index, opts.logit_map, opts.with_entropy)
         ctx.save_for_backward(hidden, weight, targets, index, lse, entropy)
         ctx.opts = opts
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: skip its term
@@ -83,7 +85,7 @@ class _LinearLogprob(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):  # the GEMM backward's addmm would become bf16
             grad_h, grad_w = _BACKWARDS[ctx.opts.backward](
                 hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_h, need_w,
-                ctx.opts.temperature,
+                ctx.opts.logit_map,
             )  # fmt: skip
         grad_hidden = grad_h.to(hidden.dtype) if need_h else None  # [N, D]
         grad_weight = grad_w.to(weight.dtype) if need_w else None  # [V, D]
@@ -112,12 +114,12 @@ def linear_logprob(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    index: torch.Tensor | None = None,
+    index: torch.Tensor | None,
+    logit_map: LogitMap,
     *,
-    temperature: float = 1.0,
     return_entropy: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(hidden[index] @ weight.T / temperature)[targets] as fp32 [k] (inputs already validated).
+    """log softmax(map(hidden[index] @ weight.T))[targets] as fp32 [k] (inputs already validated).
 
     With return_entropy, (logp [k], entropy [k]). Differentiable w.r.t. hidden, and weight when it requires grad.
     """
@@ -132,5 +134,5 @@ def linear_logprob(
     if index.numel() == 0:
         # No launch on an empty grid; the zero gradients still come from backward.
         return _EmptyLogprob.apply(hidden, weight, return_entropy)
-    opts = _Options(float(temperature), bool(return_entropy), _ACTIVE["backward"])
+    opts = _Options(logit_map, bool(return_entropy), _ACTIVE["backward"])
     return _LinearLogprob.apply(hidden, weight, targets, index, opts)

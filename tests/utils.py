@@ -25,13 +25,35 @@ class Ref64(NamedTuple):
     grad_weight: torch.Tensor  # [V, D] float64
 
 
+def full_logits(
+    rows: torch.Tensor, weight: torch.Tensor, temperature: float, softcap: float | None = None, logit_scale: float = 1.0
+) -> torch.Tensor:
+    """[k, V] logits as the models define them: s * (rows @ W.T), then c * tanh(z / c) with a soft-cap c, then / T.
+
+    fp32 from bf16/fp16/fp32 inputs (the product in the inputs' dtype, as the models' LM head computes it), float64
+    from float64 inputs.
+    """
+    logits = rows @ weight.T  # [k, V]
+    logits = logits.float() if rows.dtype != torch.float64 else logits
+    logits = logits * logit_scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits / temperature
+
+
 def full_logits_logprob(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None, temperature: float
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    index: torch.Tensor | None,
+    temperature: float,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
 ) -> torch.Tensor:
     """log_softmax over full [k, V] logits, in the dtype of the inputs (upcast the inputs for float64)."""
     rows = hidden if index is None else hidden[index]  # [k, D]
-    logits = (rows @ weight.T).float() if rows.dtype != torch.float64 else rows @ weight.T  # [k, V]
-    return torch.log_softmax(logits / temperature, dim=-1).gather(1, targets[:, None]).squeeze(1)  # [k]
+    logits = full_logits(rows, weight, temperature, softcap, logit_scale)  # [k, V]
+    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # [k]
 
 
 def naive_pg_loss(
@@ -48,10 +70,12 @@ def naive_pg_loss(
     eps_high=0.2,
     beta=0.0,
     temperature=1.0,
+    softcap=None,
+    logit_scale=1.0,
     reduction="sum",
 ):
     """The full-logits computation in the inputs' own dtype: the 'torch same dtype' term of the tolerance rule."""
-    logp = full_logits_logprob(hidden, weight, targets, index, temperature)  # [k]
+    logp = full_logits_logprob(hidden, weight, targets, index, temperature, softcap, logit_scale)  # [k]
     rows, clipped = pg_epilogue(
         logp,
         advantages,
@@ -80,6 +104,8 @@ def ref64_pg_loss(
     eps_high=0.2,
     beta=0.0,
     temperature=1.0,
+    softcap=None,
+    logit_scale=1.0,
     reduction="sum",
     grad_out=None,
 ) -> Ref64:
@@ -90,7 +116,7 @@ def ref64_pg_loss(
     loss, logp, clipped = naive_pg_loss(
         h, w, targets, as64(advantages), index, old_logp=as64(old_logp), ref_logp=as64(ref_logp),
         weights=as64(weights), eps_low=eps_low, eps_high=eps_high, beta=beta, temperature=temperature,
-        reduction=reduction,
+        softcap=softcap, logit_scale=logit_scale, reduction=reduction,
     )  # fmt: skip
     upstream = torch.ones_like(loss) if grad_out is None else grad_out.double()
     gh, gw = torch.autograd.grad(loss, (h, w), upstream, allow_unused=True)
@@ -127,9 +153,14 @@ def load_benchmark_script(name: str) -> ModuleType:
 
 
 def full_logits_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, index: torch.Tensor | None, temperature: float
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    index: torch.Tensor | None,
+    temperature: float,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
 ) -> torch.Tensor:
-    """-sum_v p_v log p_v of softmax(hidden[index] @ weight.T / T) over full [k, V] logits (entr(0) = 0), [k]."""
+    """-sum_v p_v log p_v of softmax(full_logits(hidden[index], ...)) over full [k, V] logits (entr(0) = 0), [k]."""
     rows = hidden if index is None else hidden[index]  # [k, D]
-    logits = (rows @ weight.T).float() if rows.dtype != torch.float64 else rows @ weight.T  # [k, V]
-    return torch.special.entr(torch.softmax(logits / temperature, dim=-1)).sum(-1)  # [k]
+    logits = full_logits(rows, weight, temperature, softcap, logit_scale)  # [k, V]
+    return torch.special.entr(torch.softmax(logits, dim=-1)).sum(-1)  # [k]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -51,21 +53,52 @@ CASES = [
     ("impl", {"impl": "cuda"}, ValueError, ["impl", "'triton'", "'cuda'"]),
     ("eps-low", {"eps_low": 1.5}, ValueError, ["eps_low", "1.5"]),
     ("hidden-not-tensor", {"hidden": [[0.0] * D] * N}, TypeError, ["hidden", "torch.Tensor", "list"]),
+    # Every scalar option is checked the same way: a number (not a bool, string or tensor), then its range.
+    ("beta-string", {"beta": "0.1"}, TypeError, ["beta", "str", "'0.1'"]),
+    ("eps-high-string", {"eps_high": "0.2"}, TypeError, ["eps_high", "str"]),
+    ("eps-low-none", {"eps_low": None}, TypeError, ["eps_low", "NoneType"]),
+    ("beta-tensor", {"beta": torch.tensor(0.1)}, TypeError, ["beta", "Tensor"]),
+    ("beta-negative", {"beta": -0.1}, ValueError, ["beta", ">= 0", "-0.1"]),
+    ("temperature-string", {"temperature": "1.0"}, TypeError, ["temperature", "str"]),
+    ("temperature-bool", {"temperature": True}, TypeError, ["temperature", "bool"]),
+    ("reduction-none", {"reduction": None}, ValueError, ["reduction", "'sum'", "None"]),
+    ("softcap-zero", {"softcap": 0.0}, ValueError, ["softcap", "None or a finite float > 0", "0.0"]),
+    ("softcap-negative", {"softcap": -30.0}, ValueError, ["softcap", "-30.0"]),
+    ("softcap-inf", {"softcap": math.inf}, ValueError, ["softcap", "inf"]),
+    ("softcap-string", {"softcap": "30"}, TypeError, ["softcap", "str", "'30'"]),
+    ("softcap-bool", {"softcap": True}, TypeError, ["softcap", "bool"]),
+    ("logit-scale-zero", {"logit_scale": 0.0}, ValueError, ["logit_scale", "> 0", "0.0"]),
+    ("logit-scale-nan", {"logit_scale": math.nan}, ValueError, ["logit_scale", "nan"]),
+    ("logit-scale-tensor", {"logit_scale": torch.tensor(0.5)}, TypeError, ["logit_scale", "Tensor"]),
 ]
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("change,exc,fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_names_argument(change, exc, fragments):
+def test_bad_input_names_argument(change, exc, fragments, impl):
+    if impl == "triton":
+        pytest.importorskip("triton")
+    change = {"impl": impl, **change}  # the "impl" case keeps its own bad impl
     with pytest.raises(exc) as info:
         _call(**change)
+    message = str(info.value)
+    assert "\n" not in message, f"not a one-line error: {message!r}"
     for fragment in fragments:
-        assert fragment in str(info.value), f"{fragment!r} missing from: {info.value}"
+        assert fragment in message, f"{fragment!r} missing from: {message}"
 
 
 def test_logprob_checks_too():
     a = _args()
     with pytest.raises(IndexError, match="targets"):
         linear_logprob(a["hidden"], a["weight"], torch.tensor([0, 1, 2, 99]), a["index"], impl="torch")
+
+
+@pytest.mark.parametrize("option,value,exc", [("softcap", -1.0, ValueError), ("logit_scale", "2", TypeError),
+                                              ("temperature", 0, ValueError)])  # fmt: skip
+def test_logprob_checks_the_logit_map(option, value, exc):
+    a = _args()
+    with pytest.raises(exc, match=f"^{option}: "):
+        linear_logprob(a["hidden"], a["weight"], a["targets"], a["index"], impl="torch", **{option: value})
 
 
 def test_env_override_is_validated(monkeypatch):

@@ -41,6 +41,8 @@ class Case:
     train_head: bool = True  # weight.requires_grad
     reduction: str = "sum"
     strided: bool = False  # hidden is a column slice of a wider tensor (row stride != D)
+    softcap: float | None = None  # Gemma-2's final logit soft-cap
+    logit_scale: float = 1.0  # Cohere's logit_scale; Granite's 1 / logits_scaling
 
 
 # (id, case, why it exists). D = 40 and 72 are not multiples of 16 (and 72 spans two D tiles); V = 1003 and
@@ -65,6 +67,19 @@ CASES = [
      "bf16 at the larger vocabulary, LoRA-style frozen head, a repeated row"),
     ("fp16-repeats", Case(8, 40, 1003, 12, dtype=torch.float16, repeats=True, reduction="none"),
      "fp16 inputs with repeated indices"),
+    # Logits ~ N(0, 2^2) scaled by 2: a soft-cap of 3 saturates many of them (tanh' ~ 0), the rest stay linear.
+    ("softcap-scale-kl", Case(24, 40, 1003, 16, temperature=0.7, beta=0.1, weights=True, softcap=3.0,
+                              logit_scale=2.0), "soft-cap and logit scale together, partly saturated, every loss term"),
+    ("softcap-gemma2-frozen", Case(12, 72, 1003, 20, repeats=True, softcap=30.0, reduction="none", train_head=False),
+     "Gemma-2's cap (30) with no head gradient, repeated rows, per-row gradients"),
+    ("granite-scale", Case(16, 40, 1003, 9, temperature=1.3, logit_scale=0.25),
+     "Granite's logits_scaling 4 as logit_scale 1/4 (a flat distribution), trained head"),
+    ("cohere-scale-frozen", Case(16, 40, 1003, 9, logit_scale=0.0625, train_head=False, off_policy=False),
+     "Cohere's logit_scale 0.0625, frozen head, on-policy"),
+    ("softcap-vocab-32003", Case(4, 72, 32003, 3, softcap=2.0, logit_scale=1.5),
+     "a cap below the logits' spread across several forward splits and many vocab tiles"),
+    ("softcap-bf16", Case(24, 40, 1003, 16, dtype=torch.bfloat16, temperature=0.7, softcap=4.0, logit_scale=0.5),
+     "bf16 inputs under a soft-cap and a scale"),
 ]  # fmt: skip
 
 
@@ -81,7 +96,8 @@ def _inputs(case: Case) -> dict:
         index = torch.randperm(case.n_rows)[: case.k]  # [k]
     k = case.n_rows if index is None else index.numel()
     targets = torch.randint(0, case.vocab, (k,))  # [k]
-    logp64 = full_logits_logprob(hidden.double(), weight.double(), targets, index, case.temperature)  # [k]
+    logp64 = full_logits_logprob(hidden.double(), weight.double(), targets, index, case.temperature, case.softcap,
+                                 case.logit_scale)  # fmt: skip  # [k]
     cycle = torch.arange(k) % len(_OFFSETS)  # [k]
     advantages = _SIGNS[cycle] * (0.5 + torch.rand(k))  # [k] both signs
     offsets = _OFFSETS[cycle] + 0.02 * torch.rand(k, dtype=torch.float64)  # [k]
@@ -107,7 +123,7 @@ def _run(fn, case: Case, x: dict):
     weight = x["weight"].detach().clone().requires_grad_(case.train_head)
     out = fn(hidden_in, weight, x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
              ref_logp=x["ref_logp"], weights=x["weights"], beta=case.beta, temperature=case.temperature,
-             reduction=case.reduction)  # fmt: skip
+             softcap=case.softcap, logit_scale=case.logit_scale, reduction=case.reduction)  # fmt: skip
     loss, logp, clipped = out[0], out[1], out[2]
     loss.backward(x["grad_out"] if case.reduction == "none" else None)
     if case.strided:
@@ -123,7 +139,8 @@ def test_matches_float64(case: Case, impl: str):
     same = _run(naive_pg_loss, case, x)
     ref = ref64_pg_loss(x["hidden"], x["weight"], x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
                         ref_logp=x["ref_logp"], weights=x["weights"], beta=case.beta, temperature=case.temperature,
-                        reduction=case.reduction, grad_out=x["grad_out"])  # fmt: skip
+                        softcap=case.softcap, logit_scale=case.logit_scale, reduction=case.reduction,
+                        grad_out=x["grad_out"])  # fmt: skip
     atol = ATOL[case.dtype]
     loss, logp, clipped, grad_h, grad_w = fast
     assert logp.dtype == torch.float32 and loss.dtype == torch.float32
@@ -146,12 +163,14 @@ def test_matches_float64(case: Case, impl: str):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
-def test_empty_selection(impl: str, reduction: str):
+@pytest.mark.parametrize("softcap,logit_scale", [(None, 1.0), (30.0, 0.5)], ids=["plain", "softcap-scale"])
+def test_empty_selection(impl: str, reduction: str, softcap, logit_scale):
     # k = 0: empty logp/clipped, a zero loss (or an empty one), zero gradients of the right shapes, no launch.
     hidden = torch.randn(5, 40, requires_grad=True)
     weight = torch.randn(1003, 40, requires_grad=True)
     empty = torch.empty(0, dtype=torch.long)
-    out = linear_pg_loss(hidden, weight, empty, torch.empty(0), empty, reduction=reduction, impl=impl)
+    out = linear_pg_loss(hidden, weight, empty, torch.empty(0), empty, reduction=reduction, softcap=softcap,
+                         logit_scale=logit_scale, impl=impl)  # fmt: skip
     assert out.logp.shape == (0,) and out.clipped.shape == (0,) and out.clipped.dtype == torch.bool
     assert out.loss.shape == ((0,) if reduction == "none" else ())
     out.loss.sum().backward()
@@ -178,3 +197,21 @@ def test_linear_logprob_alone(impl: str):
     torch.testing.assert_close(logp, ref.float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(h.grad, h64.grad.float(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w.grad, w64.grad.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_data_inputs_get_no_gradient(impl: str):
+    # Both implementations treat advantages, old_logp, ref_logp and weights as data: even when they require grad
+    # they get None, and the gradients of hidden and weight are those of the detached inputs.
+    x = _inputs(Case(12, 40, 1003, 8, beta=0.1, weights=True))
+    data = {name: x[name].clone().requires_grad_(True) for name in ("advantages", "old_logp", "ref_logp", "weights")}
+    hidden = x["hidden"].clone().requires_grad_(True)
+    weight = x["weight"].clone().requires_grad_(True)
+    loss = linear_pg_loss(hidden, weight, x["targets"], data["advantages"], x["index"], old_logp=data["old_logp"],
+                          ref_logp=data["ref_logp"], weights=data["weights"], beta=0.1, impl=impl).loss  # fmt: skip
+    loss.backward()
+    for name, t in data.items():
+        assert t.grad is None, f"{name} got a gradient from impl={impl}; the documented contract is none"
+    detached = _run(lambda *a, **kw: linear_pg_loss(*a, **kw, impl=impl), Case(12, 40, 1003, 8, beta=0.1), x)
+    assert torch.equal(hidden.grad, detached[3]) and torch.equal(weight.grad, detached[4])
+    assert torch.equal(loss.detach(), detached[0])

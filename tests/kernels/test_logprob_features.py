@@ -37,6 +37,8 @@ class Case:
     train_head: bool = True
     small_workspace: bool = False  # GEMM backward: several row blocks and ragged vocabulary chunks
     grads: str = "both"  # upstream into "both" outputs, "entropy" only, or "logp" only
+    softcap: float | None = None
+    logit_scale: float = 1.0
 
 
 # (id, case, why). V = 1003 is not a multiple of any block or chunk width; D = 40 and 72 are not multiples of 16.
@@ -49,6 +51,12 @@ CASES = [
      "only the entropy feeds the loss (the log-prob gradient arrives as None); head frozen"),
     ("logp-only", Case(12, 40, 1003, 9, grads="logp"), "entropy returned but unused: no entropy gradient term"),
     ("bf16", Case(12, 40, 1003, 16, repeats=True, dtype=torch.bfloat16, temperature=1.3), "bf16 operands"),
+    ("softcap-scale", Case(12, 40, 1003, 20, repeats=True, temperature=0.7, softcap=3.0, logit_scale=2.0),
+     "the entropy and its gradient through a partly saturated soft-cap and a scale"),
+    ("softcap-blocks-frozen", Case(16, 40, 1003, 20, train_head=False, small_workspace=True, softcap=2.5,
+                                   grads="entropy"), "soft-cap slope in every row block and ragged chunk, frozen head"),
+    ("scale-bf16", Case(12, 40, 1003, 16, dtype=torch.bfloat16, logit_scale=0.25, softcap=1.0),
+     "bf16 operands with Granite's scale and a tight cap"),
 ]  # fmt: skip
 
 
@@ -84,8 +92,9 @@ def _run(fn, case: Case, x, dtype=None):
     return logp.detach(), entropy.detach(), h.grad, w.grad
 
 
-def _full_logits(temperature):
-    return lambda h, w, t, i: (full_logits_logprob(h, w, t, i, temperature), full_logits_entropy(h, w, i, temperature))
+def _full_logits(case: Case):
+    m = (case.temperature, case.softcap, case.logit_scale)
+    return lambda h, w, t, i: (full_logits_logprob(h, w, t, i, *m), full_logits_entropy(h, w, i, *m))
 
 
 @pytest.mark.parametrize(("impl", "variant"), IMPL_VARIANTS, ids=IMPL_IDS)
@@ -98,11 +107,12 @@ def test_entropy_and_gradients_match_float64(case: Case, impl: str, variant: str
 
     def fast_fn(h, w, t, i):
         with backward_variant(variant):
-            return linear_logprob(h, w, t, i, temperature=case.temperature, return_entropy=True, impl=impl)
+            return linear_logprob(h, w, t, i, temperature=case.temperature, softcap=case.softcap,
+                                  logit_scale=case.logit_scale, return_entropy=True, impl=impl)  # fmt: skip
 
     fast = _run(fast_fn, case, x)
-    same = _run(_full_logits(case.temperature), case, x)
-    ref = _run(_full_logits(case.temperature), case, x, dtype=torch.float64)
+    same = _run(_full_logits(case), case, x)
+    ref = _run(_full_logits(case), case, x, dtype=torch.float64)
     atol = ATOL[case.dtype]
     assert fast[0].dtype == fast[1].dtype == torch.float32
     assert (fast[0] <= 0).all() and (fast[1] >= 0).all()
