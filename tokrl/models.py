@@ -2,7 +2,8 @@
 
 The trainer never asks the model for logits. It calls `hidden_states` for the final-norm hidden states
 [B, L, D] and hands the selected rows, together with the raw LM-head weight from `lm_head_weight` [V, D],
-to the fused log-prob kernel. Two consequences shape this module:
+to the fused log-prob kernel, with the model's logit scale / soft-cap (`tokrl.head_transform`). Two
+consequences shape this module:
 
 - Anything that changes the LM head *inside* the head module (a LoRA adapter on `lm_head`, a trainable
   copy from `modules_to_save`, or an adapter on the input embedding that a tied head shares) would be
@@ -370,13 +371,30 @@ def hidden_states(
     input_ids [B, L] int64, attention_mask [B, L] (1 real, 0 pad; left padding expected). Runs the
     decoder body (LoRA layers included) with position ids counted over real tokens only, so a left-padded
     row gives the same hidden states as the unpadded sequence, and `hidden_states(...) @ W.T` equals the
-    model's logits under the same positions. Rows at padded positions are meaningless.
+    model's logits under the same positions, before its logit scale / soft-cap (`tokrl.head_transform`).
+    Every family of tests/model_families.py (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3, OLMo-2, Qwen2-MoE,
+    Mixtral, Cohere, Granite, GPT-2) needs nothing more than these three inputs. Rows at padded positions are
+    meaningless.
     """
     body = _hf_model(model).base_model  # the decoder stack (Qwen2Model), final norm included, no LM head
     # Left padding: the first real token is position 0, as in generate; pads get 0 (masked out anyway).
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [B, L]
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state  # [B, L, D]
+
+
+def router_aux_loss_note(model: PreTrainedModel | PeftModel) -> str | None:
+    """The line a run logs once for a Mixture-of-Experts model whose config weights a router load-balancing loss
+    (`router_aux_loss_coef` != 0, where TRL would add it): tokrl's loss is the policy gradient alone. None otherwise.
+    """
+    config = _hf_model(model).config.get_text_config()
+    coef = getattr(config, "router_aux_loss_coef", 0.0) or 0.0
+    if not hasattr(config, "output_router_logits") or coef == 0.0:
+        return None
+    return (
+        f"{type(_hf_model(model)).__name__}: the router load-balancing loss (router_aux_loss_coef={coef:g}) is left "
+        "out; tokrl's loss is the policy-gradient loss on the selected tokens alone"
+    )
 
 
 def trainable_parameter_count(model: torch.nn.Module) -> tuple[int, int]:
