@@ -48,6 +48,9 @@ class LogitTransform:
         return ", ".join(parts) or "none"
 
 
+PLAIN_HEAD = LogitTransform()  # logits = h @ W.T
+
+
 def _model_config(model: Any) -> Any:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformer
     config = base.config

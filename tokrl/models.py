@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
-from peft.utils.other import AuxiliaryTrainingWrapper
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -279,33 +279,43 @@ def _head_module_names(model: PreTrainedModel) -> list[str]:
     return names
 
 
-def check_lm_head_not_adapted(model: PreTrainedModel | PeftModel) -> None:
+def check_lm_head_not_adapted(model: PreTrainedModel | PeftModel, *, allow_head_copy: bool = False) -> None:
     """Raise ValueError if a peft adapter or trainable copy touches the LM head (or a tied embedding).
 
     The fused loss multiplies hidden states by the raw LM-head weight (`lm_head_weight`), so an adapter on
     the head itself would train but never enter the loss, and one on a tied input embedding would change
     the input side only. Both are refused rather than silently ignored.
+    allow_head_copy: accept a trainable copy of the output-embedding module itself (peft
+    `modules_to_save=["lm_head"]`), for callers that read the head weight through the module on every call
+    (`get_output_embeddings().weight`, which peft resolves to the active copy, or to the original with the
+    adapter disabled) and let the kernels compute its dW. tokrl's own trainer reads the raw weight once, so
+    it never allows it. LoRA on the head, and anything on a tied input embedding, stay refused.
     """
     hf = _hf_model(model)
     head_weight = lm_head_weight(model)
+    head_module = hf.get_output_embeddings()
     for name, module in hf.named_modules():
         if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
             if getattr(_unwrap(module), "weight", None) is head_weight:
+                if allow_head_copy and module is head_module and isinstance(module, ModulesToSaveWrapper):
+                    continue
                 wrapper = f"{type(module).__module__}.{type(module).__name__}"
                 raise ValueError(_head_refusal(name, f"is wrapped by peft ({wrapper})"))
     if isinstance(model, PeftModel):
+        head_name = next(name for name, module in hf.named_modules() if module is head_module)
         for config in model.peft_config.values():
-            _check_peft_config(config, _head_module_names(hf))
+            _check_peft_config(config, _head_module_names(hf), copy_allowed=head_name if allow_head_copy else None)
 
 
-def _check_peft_config(config: object, head_names: Sequence[str]) -> None:
-    """Raise ValueError if a peft config's target_modules / modules_to_save would select a head module."""
+def _check_peft_config(config: object, head_names: Sequence[str], copy_allowed: str | None = None) -> None:
+    """Raise ValueError if a peft config's target_modules / modules_to_save would select a head module
+    (a modules_to_save copy of `copy_allowed` excepted)."""
     for name in head_names:
         if getattr(config, "target_modules", None) is not None and check_target_module_exists(config, name):
             raise ValueError(_head_refusal(name, "matches LoRA target_modules"))
         for saved in getattr(config, "modules_to_save", None) or ():
             # peft's rule: a module is copied when its qualified name ends with an entry.
-            if name == saved or name.endswith("." + saved):
+            if (name == saved or name.endswith("." + saved)) and name != copy_allowed:
                 raise ValueError(_head_refusal(name, f"is listed in modules_to_save ({saved!r})"))
 
 
@@ -314,7 +324,7 @@ def _head_refusal(name: str, what: str) -> str:
         f"refusing to adapt the LM head: module {name!r} {what}. The fused policy-gradient loss multiplies "
         "hidden states by the raw LM-head weight (tied to the input embedding in Qwen2-style models), so "
         "an adapter or trainable copy there would be silently ignored. Adapt only the decoder's layers "
-        f"(the default target {ALL_LINEAR!r} does)."
+        f"(tokrl's default target {ALL_LINEAR!r} does)."
     )
 
 
