@@ -6,9 +6,9 @@
   keep their default config (output_router_logits false, router_aux_loss_coef 0.001): TRL adds the router
   load-balancing loss, and so does tokrl.
 - The MoE default config trains 3 steps with tokrl exactly as without.
-- `modules_to_save=["lm_head"]` on an untied model: the copy trains through the kernels' dW, also over 3 steps with
-  a reference model pass (beta > 0: TRL disables the adapter, so the original head scores the reference) and
-  reused generations.
+- `modules_to_save=["lm_head"]` (untied, and tied: the copy replaces the head side only, as in the model's own
+  forward): the copy trains through the kernels' dW, also over 3 steps (untied) with a reference model pass
+  (beta > 0: TRL disables the adapter, so the original head scores the reference) and reused generations.
 """
 
 from __future__ import annotations
@@ -130,9 +130,10 @@ def test_moe_default_config_trains_as_trl(family, mode, family_paths, tmp_path):
         assert all(entry["tokrl/loss_fallbacks"] == 0 and entry["tokrl/loss_kernel_calls"] > 0 for entry in logged)
 
 
-def test_a_copy_of_the_untied_head_trains_through_the_kernels(family_paths, tmp_path):
-    lora = _lora("llama", modules_to_save=["lm_head"])
-    plain, ours = _pair(family_paths["llama"], tmp_path, "pg_loss", lora, **KL_OFF_POLICY)
+@pytest.mark.parametrize("family", ["llama", "llama-tied"])  # tied too: the copy replaces the head side only
+def test_a_copy_of_the_head_trains_through_the_kernels(family, family_paths, tmp_path):
+    lora = _lora(family, modules_to_save=["lm_head"])
+    plain, ours = _pair(family_paths[family], tmp_path, "pg_loss", lora, **KL_OFF_POLICY)
     grads, _ = _assert_same(plain, ours, _batch(plain, off_policy=True), trainable=("lora_", "modules_to_save"))
     copy = [name for name in grads if "lm_head.modules_to_save" in name]
     assert copy and all(grads[name].abs().max() > 0 for name in copy)  # the kernels' dW reached the copy

@@ -16,7 +16,7 @@ router aux loss); the rest fall back to TRL's loss with one warning. What ran is
 holds the kernel calls and fallbacks (in total and per optimizer step), and TRL's logs get `tokrl/loss_fallbacks`
 and `tokrl/loss_kernel_calls` (`loss_calls`).
 Served exactly: any causal LM whose logits are map(h @ W.T), map being the model's logit scale and soft-cap
-(Gemma-2, Cohere, Granite included), tied or untied heads, a trainable copy of an untied head
+(Gemma-2, Cohere, Granite included), tied or untied heads, a trainable copy of the head
 (`modules_to_save=["lm_head"]`), MoE models. Models tokrl cannot serve exactly are refused with the reason
 (`UnsupportedByTokrl`, a ValueError): a head bias, LoRA on the head, an adapted tied embedding.
 

@@ -11,7 +11,7 @@ next-token label is not -100 with `ChunkedLogProbFunction`. `patch_fused_head` w
 
 Rows are picked by index, so no [k, D] copy of the hidden states is made, and no [k, V] logits exist. `head` is
 the model's logit scale and soft-cap (Cohere, Granite, Gemma-2: `tokrl.head_transform`, read the way TRL reads
-them). W is looked up on every call through the head module, so a trainable copy of an untied head (peft
+them). W is looked up on every call through the head module, so a trainable copy of the head (peft
 `modules_to_save=["lm_head"]`) is the weight scored, and trained through the kernels' dW; with the adapter
 disabled (TRL's reference pass) peft hands back the original. An MoE call with `output_router_logits=True` (TRL
 asks for it whenever `router_aux_loss_coef` != 0) also returns the router load-balancing loss, computed from the
