@@ -24,8 +24,8 @@ trl = pytest.importorskip("trl", reason="TRL is an optional extra: pip install t
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
+from tokrl.config import PAPER_LORA_TARGETS  # noqa: E402
 from tokrl.integrations.trl import use_tokrl_kernels  # noqa: E402
-from tokrl.models import DEFAULT_LORA_TARGETS  # noqa: E402
 from tokrl.tokenizer import build_char_tokenizer  # noqa: E402
 
 BATCH, PROMPT_LEN, COMPLETION_LEN = (8, 64, 512) if ON_CUDA else (8, 16, 64)
@@ -45,7 +45,7 @@ def _trainer(variant: str, tmp_path) -> trl.GRPOTrainer:
         max_completion_length=COMPLETION_LEN, loss_type="grpo", beta=0.0, report_to="none", use_cpu=not ON_CUDA,
         bf16=ON_CUDA, gradient_checkpointing=False, disable_tqdm=True,
     )  # fmt: skip
-    lora = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0, target_modules=list(DEFAULT_LORA_TARGETS))
+    lora = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0, target_modules=list(PAPER_LORA_TARGETS))
     trainer = trl.GRPOTrainer(
         model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args, peft_config=lora,
         train_dataset=Dataset.from_dict({"prompt": ["x"] * BATCH}), processing_class=build_char_tokenizer(),

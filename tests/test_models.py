@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from tokrl.config import PAPER_LORA_TARGETS
 from tokrl.models import (
-    DEFAULT_LORA_TARGETS,
     apply_lora,
     build_tiny_model,
     check_lm_head_not_adapted,
@@ -187,19 +188,48 @@ def test_apply_lora_defaults_freeze_base_and_train_only_lora():
     assert isinstance(peft_model, PeftModel)
     config = peft_model.peft_config["default"]
     assert (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.05)
-    assert set(config.target_modules) == set(DEFAULT_LORA_TARGETS)
     wrapped = {name.rsplit(".", 1)[-1] for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
-    assert wrapped == set(DEFAULT_LORA_TARGETS)  # every projection, nothing else (no lm_head, no embedding)
+    # all-linear on Qwen2: the paper's projections in every layer, nothing else (no lm_head, no embedding)
+    assert wrapped == set(PAPER_LORA_TARGETS)
+    assert {name.rsplit(".", 1)[-1] for name in config.target_modules} == set(PAPER_LORA_TARGETS)
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
     # Expected LoRA size: r * (in + out) for each of the 7 projections in every layer.
     expected = sum(
         16 * (m.in_features + m.out_features)
         for name, m in peft_model.named_modules()
-        if isinstance(m, LoraLayer) and name.rsplit(".", 1)[-1] in DEFAULT_LORA_TARGETS
+        if isinstance(m, LoraLayer) and name.rsplit(".", 1)[-1] in PAPER_LORA_TARGETS
     )
     assert trainable_parameter_count(peft_model) == (expected, base_total + expected)
     assert not lm_head_weight(peft_model).requires_grad
+
+
+def test_all_linear_gives_the_tiny_model_the_paper_adapter():
+    """The embedded default keeps training exactly as before all-linear: same modules, same initial weights."""
+    adapters = []
+    for targets in ("all-linear", PAPER_LORA_TARGETS):
+        torch.manual_seed(0)  # the trainer seeds before wrapping: LoRA A is drawn in module order
+        peft_model = apply_lora(build_tiny_model(seed=0)[0], target_modules=targets)
+        adapters.append({k: v for k, v in peft_model.state_dict().items() if "lora_" in k})
+    assert adapters[0].keys() == adapters[1].keys() and len(adapters[0]) == 2 * 7 * 2  # A, B x 7 x 2 layers
+    for key, value in adapters[0].items():
+        assert torch.equal(value, adapters[1][key]), key
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["q_proj", "c_attn", "c_fc"], "Qwen2ForCausalLM has no module named 'c_attn', 'c_fc'; its linear layers are "
+         "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
+        (["all-linear", "q_proj"], "'all-linear' stands alone"),
+    ],
+    ids=["gpt2-names-on-qwen2", "all-linear-mixed"],
+)  # fmt: skip
+def test_apply_lora_refuses_missing_targets_before_wrapping(targets, message):
+    model, _ = build_tiny_model()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apply_lora(model, target_modules=targets)
+    assert not any(isinstance(m, LoraLayer) for m in model.modules())
 
 
 def test_peft_model_passes_through():

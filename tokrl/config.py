@@ -43,7 +43,9 @@ __all__ = [
     "validate_config",
 ]
 
-PAPER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The paper's LoRA modules (Qwen2 names); the default `all-linear` selects exactly these on Qwen2 and Llama.
+PAPER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPLS = ("auto", "triton", "torch")
@@ -77,8 +79,11 @@ class LoRAConfig:
     alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (active in the loss forward)."})
     target_modules: list[str] = field(
-        default_factory=lambda: list(PAPER_LORA_TARGETS),
-        metadata={"help": "Module names that get adapters (attention and MLP projections)."},
+        default_factory=lambda: [ALL_LINEAR],
+        metadata={
+            "help": "Modules that get adapters: all-linear (every linear layer of the decoder, never the LM head or "
+            "an embedding) or module names, e.g. q_proj,v_proj (each must exist in the model)."
+        },
     )
 
 
@@ -504,6 +509,9 @@ def validate_config(config: TrainConfig) -> None:
     _check(config.lora.r >= 1, f"lora_r: must be >= 1, got {config.lora.r}")
     _check(0 <= config.lora.dropout < 1, f"lora_dropout: must be in [0, 1), got {config.lora.dropout}")
     _check(bool(config.lora.target_modules), "lora_target_modules: must name at least one module")
+    targets = config.lora.target_modules
+    _check(len(targets) == 1 or ALL_LINEAR not in [t.lower() for t in targets],
+           f"lora_target_modules: {ALL_LINEAR!r} stands alone, got {','.join(targets)}")  # fmt: skip
     if config.algo.selection not in SELECTION_RULES:
         raise _choices_error("selection", config.algo.selection, list(SELECTION_RULES))
     _check(0 < config.algo.keep_prob <= 1, f"keep_prob: must be in (0, 1], got {config.algo.keep_prob}")

@@ -2,7 +2,8 @@
 
 The trainer never asks the model for logits. It calls `hidden_states` for the final-norm hidden states
 [B, L, D] and hands the selected rows, together with the raw LM-head weight from `lm_head_weight` [V, D],
-to the fused log-prob kernel. Two consequences shape this module:
+to the fused log-prob kernel, with the model's logit scale / soft-cap (`tokrl.head_transform`). Two
+consequences shape this module:
 
 - Anything that changes the LM head *inside* the head module (a LoRA adapter on `lm_head`, a trainable
   copy from `modules_to_save`, or an adapter on the input embedding that a tied head shares) would be
@@ -28,7 +29,7 @@ from urllib.parse import urlparse
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
-from peft.utils.other import AuxiliaryTrainingWrapper
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -38,10 +39,14 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from tokrl.config import ALL_LINEAR
+from tokrl.lora_targets import check_lora_targets, resolve_lora_targets
 from tokrl.tokenizer import EOS_TOKEN, PAD_TOKEN, VOCAB, VOCAB_SIZE, build_char_tokenizer
 
 TINY_NAME = "tiny"
-DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Every linear layer of the decoder (tokrl.lora_targets); on Qwen2/Llama the paper's modules
+# (tokrl.config.PAPER_LORA_TARGETS).
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (ALL_LINEAR,)
 
 _DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
@@ -274,33 +279,43 @@ def _head_module_names(model: PreTrainedModel) -> list[str]:
     return names
 
 
-def check_lm_head_not_adapted(model: PreTrainedModel | PeftModel) -> None:
+def check_lm_head_not_adapted(model: PreTrainedModel | PeftModel, *, allow_head_copy: bool = False) -> None:
     """Raise ValueError if a peft adapter or trainable copy touches the LM head (or a tied embedding).
 
     The fused loss multiplies hidden states by the raw LM-head weight (`lm_head_weight`), so an adapter on
     the head itself would train but never enter the loss, and one on a tied input embedding would change
     the input side only. Both are refused rather than silently ignored.
+    allow_head_copy: accept a trainable copy of the output-embedding module itself (peft
+    `modules_to_save=["lm_head"]`), for callers that read the head weight through the module on every call
+    (`get_output_embeddings().weight`, which peft resolves to the active copy, or to the original with the
+    adapter disabled) and let the kernels compute its dW. tokrl's own trainer reads the raw weight once, so
+    it never allows it. LoRA on the head, and anything on a tied input embedding, stay refused.
     """
     hf = _hf_model(model)
     head_weight = lm_head_weight(model)
+    head_module = hf.get_output_embeddings()
     for name, module in hf.named_modules():
         if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
             if getattr(_unwrap(module), "weight", None) is head_weight:
+                if allow_head_copy and module is head_module and isinstance(module, ModulesToSaveWrapper):
+                    continue
                 wrapper = f"{type(module).__module__}.{type(module).__name__}"
                 raise ValueError(_head_refusal(name, f"is wrapped by peft ({wrapper})"))
     if isinstance(model, PeftModel):
+        head_name = next(name for name, module in hf.named_modules() if module is head_module)
         for config in model.peft_config.values():
-            _check_peft_config(config, _head_module_names(hf))
+            _check_peft_config(config, _head_module_names(hf), copy_allowed=head_name if allow_head_copy else None)
 
 
-def _check_peft_config(config: object, head_names: Sequence[str]) -> None:
-    """Raise ValueError if a peft config's target_modules / modules_to_save would select a head module."""
+def _check_peft_config(config: object, head_names: Sequence[str], copy_allowed: str | None = None) -> None:
+    """Raise ValueError if a peft config's target_modules / modules_to_save would select a head module
+    (a modules_to_save copy of `copy_allowed` excepted)."""
     for name in head_names:
         if getattr(config, "target_modules", None) is not None and check_target_module_exists(config, name):
             raise ValueError(_head_refusal(name, "matches LoRA target_modules"))
         for saved in getattr(config, "modules_to_save", None) or ():
             # peft's rule: a module is copied when its qualified name ends with an entry.
-            if name == saved or name.endswith("." + saved):
+            if (name == saved or name.endswith("." + saved)) and name != copy_allowed:
                 raise ValueError(_head_refusal(name, f"is listed in modules_to_save ({saved!r})"))
 
 
@@ -308,8 +323,8 @@ def _head_refusal(name: str, what: str) -> str:
     return (
         f"refusing to adapt the LM head: module {name!r} {what}. The fused policy-gradient loss multiplies "
         "hidden states by the raw LM-head weight (tied to the input embedding in Qwen2-style models), so "
-        "an adapter or trainable copy there would be silently ignored. Adapt only the decoder projections "
-        f"(default targets: {', '.join(DEFAULT_LORA_TARGETS)})."
+        "an adapter or trainable copy there would be silently ignored. Adapt only the decoder's layers "
+        f"(tokrl's default target {ALL_LINEAR!r} does)."
     )
 
 
@@ -319,25 +334,29 @@ def apply_lora(
     r: int = 16,
     alpha: int = 32,
     dropout: float = 0.05,
-    target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+    target_modules: str | Sequence[str] = DEFAULT_LORA_TARGETS,
 ) -> PeftModel:
-    """Wrap `model` with a LoRA adapter (paper defaults: r=16, alpha=32, dropout 0.05 on q/k/v/o/gate/up/down).
+    """Wrap `model` with a LoRA adapter (paper defaults r=16, alpha=32, dropout 0.05; targets: all-linear).
 
-    Only the adapter trains; peft freezes the base weights. An already peft-wrapped model is returned as
-    is, after the LM-head check. Targets that would select the LM head (or a tied embedding) are refused
-    before the model is touched (peft wraps in place).
+    target_modules: "all-linear" (every linear layer of the decoder, never the LM head or an embedding: on
+    Qwen2 the paper's q/k/v/o/gate/up/down_proj) or module names, each of which must exist in the model
+    (`tokrl.lora_targets`). Only the adapter trains; peft freezes the base weights. An already peft-wrapped
+    model is returned as is, after the LM-head check. Missing targets and targets that would select the LM
+    head (or a tied embedding) are refused before the model is touched (peft wraps in place).
     """
     if isinstance(model, PeftModel):
         check_lm_head_not_adapted(model)
         return model
-    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    check_lora_targets(model, target_modules)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM"
-    )
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=resolve_lora_targets(model, target_modules),
+        bias="none", task_type="CAUSAL_LM",
+    )  # fmt: skip
     check_lm_head_not_adapted(model)
     _check_peft_config(config, _head_module_names(model))
-    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; the user can do nothing about it
+    with warnings.catch_warnings():  # peft's notes the user can do nothing about
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out is set to False.*Conv1D.*")  # GPT-2: peft flips it
         peft_model = get_peft_model(model, config)
     check_lm_head_not_adapted(peft_model)
     return peft_model
@@ -362,13 +381,30 @@ def hidden_states(
     input_ids [B, L] int64, attention_mask [B, L] (1 real, 0 pad; left padding expected). Runs the
     decoder body (LoRA layers included) with position ids counted over real tokens only, so a left-padded
     row gives the same hidden states as the unpadded sequence, and `hidden_states(...) @ W.T` equals the
-    model's logits under the same positions. Rows at padded positions are meaningless.
+    model's logits under the same positions, before its logit scale / soft-cap (`tokrl.head_transform`).
+    Every family of tests/model_families.py (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3, OLMo-2, Qwen2-MoE,
+    Mixtral, Cohere, Granite, GPT-2) needs nothing more than these three inputs. Rows at padded positions are
+    meaningless.
     """
     body = _hf_model(model).base_model  # the decoder stack (Qwen2Model), final norm included, no LM head
     # Left padding: the first real token is position 0, as in generate; pads get 0 (masked out anyway).
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [B, L]
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state  # [B, L, D]
+
+
+def router_aux_loss_note(model: PreTrainedModel | PeftModel) -> str | None:
+    """The line a run logs once for a Mixture-of-Experts model whose config weights a router load-balancing loss
+    (`router_aux_loss_coef` != 0, where TRL would add it): tokrl's loss is the policy gradient alone. None otherwise.
+    """
+    config = _hf_model(model).config.get_text_config()
+    coef = getattr(config, "router_aux_loss_coef", 0.0) or 0.0
+    if not hasattr(config, "output_router_logits") or coef == 0.0:
+        return None
+    return (
+        f"{type(_hf_model(model)).__name__}: the router load-balancing loss (router_aux_loss_coef={coef:g}) is left "
+        "out; tokrl's loss is the policy-gradient loss on the selected tokens alone"
+    )
 
 
 def trainable_parameter_count(model: torch.nn.Module) -> tuple[int, int]:

@@ -5,7 +5,9 @@ For the selected rows (completion b, position t, token v, advantage A, weight w)
     hidden = policy(prompt + completion[:last selected position])      [B', L, D], stopped early per row
     loss   = sum_k w_k * (pg_k + beta * kl_k)                           linear_pg_loss, reduction="sum"
 with the log-probs taken at `temperature` (the sampling temperature, so pi_theta is the distribution the
-tokens were drawn from) straight from hidden rows and the LM head weight: [k, V] logits are never built.
+tokens were drawn from) straight from hidden rows and the LM head weight, through the model's logit scale and
+soft-cap (`tokrl.head_transform`): [k, V] logits are never built. A Mixture-of-Experts model's router
+load-balancing loss is not added (the run logs so once).
 num_iterations > 1 repeats loss/backward/step on the same rows with the first iteration's log-probs as
 pi_old (PPO ratio and clipping). beta > 0 reads the reference log-probs from the same model with the LoRA
 adapter disabled.
@@ -19,6 +21,7 @@ m rows are alive at once, which bounds the update's memory by m x the longest ro
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +32,13 @@ import torch
 
 from tokrl import distributed
 from tokrl.config import TrainConfig
+from tokrl.head_transform import logit_transform
 from tokrl.metrics import peak_memory_mib, reset_peak_memory
-from tokrl.models import hidden_states, lm_head_weight
+from tokrl.models import hidden_states, lm_head_weight, router_aux_loss_note
 from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch
 from tokrl_kernels import linear_logprob, linear_pg_loss
+
+logger = logging.getLogger("tokrl")
 
 
 @dataclass
@@ -81,6 +87,10 @@ class PolicyUpdate:
         total_updates = max(config.steps * config.num_iterations, 1)
         self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
         self.head = lm_head_weight(model)  # [V, D]
+        self.head_kwargs = logit_transform(model).kernel_kwargs()  # logit scale / soft-cap, {} for a plain head
+        note = router_aux_loss_note(model)
+        if note is not None:
+            logger.warning(note)
         self.last_logp = torch.zeros(0)  # [k] fp32 CPU: the last apply's first-iteration log-probs of its rows
 
     @property
@@ -162,7 +172,7 @@ class PolicyUpdate:
         out = linear_pg_loss(
             flat, self.head, part.targets, part.rows.advantage.to(self.device), part.index, old_logp=part.old_logp,
             ref_logp=part.ref_logp, weights=part.rows.weight.to(self.device), eps_low=c.eps_low, eps_high=c.eps_high,
-            beta=c.beta, temperature=c.generation.temperature, reduction="sum", impl=c.impl,
+            beta=c.beta, temperature=c.generation.temperature, reduction="sum", impl=c.impl, **self.head_kwargs,
         )  # fmt: skip
         out.loss.backward()  # a non-finite loss is caught after the gradient sum, before any update
         if first_iteration:
@@ -185,7 +195,9 @@ class PolicyUpdate:
             hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
         flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
         temperature = self.config.generation.temperature
-        return linear_logprob(flat, self.head, targets, index, temperature=temperature, impl=self.config.impl)
+        return linear_logprob(
+            flat, self.head, targets, index, temperature=temperature, impl=self.config.impl, **self.head_kwargs
+        )  # [k]
 
     def _check_finite(self, what: str, value: torch.Tensor, step: int) -> None:
         if bool(torch.isfinite(value)):

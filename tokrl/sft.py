@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tokrl.head_transform import logit_transform
 from tokrl.models import hidden_states, lm_head_weight, load_model
 from tokrl.rollout import encode_prompts, eos_token_ids, pack_sequences
 from tokrl.tasks import Task
@@ -63,7 +64,8 @@ def sft_loss(
     targets = torch.tensor([t for c in completions for t in c], dtype=torch.int64, device=device)  # [k]
     hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # [B, L, D]
     flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, D]
-    logp = linear_logprob(flat, lm_head_weight(model), targets, index, impl=impl)  # [k] fp32
+    head_kwargs = logit_transform(model).kernel_kwargs()  # logit scale / soft-cap, {} for a plain head
+    logp = linear_logprob(flat, lm_head_weight(model), targets, index, impl=impl, **head_kwargs)  # [k] fp32
     return -logp.mean()
 
 

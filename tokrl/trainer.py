@@ -49,6 +49,7 @@ from tokrl.checkpoint import StopSignals, load_checkpoint, rng_state, save_check
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.context import check_prompt_lengths
 from tokrl.evaluate import evaluate
+from tokrl.lora_targets import check_lora_targets_by_name
 from tokrl.metrics import (
     MetricsLog,
     peak_memory_mib,
@@ -130,6 +131,7 @@ class Trainer:
         self.test_data = self.task.split("test")
         self._check_batch()
         self.plan = plan_run(config, self.output_dir)  # checks output_dir and the resume; deletes nothing
+        check_lora_targets_by_name(config.model, config.lora.target_modules)  # the architecture only, no weights
         if self.launch.is_main:  # a missing TensorBoard / wandb package fails here, before any weights load
             check_reporters(config.report_to)
         self.step = 0

@@ -125,6 +125,9 @@ PG_LOSS_CASES = [
     pytest.param({"loss_type": "grpo", "beta": 0.04, "use_bias_correction_kl": False}, True, id="grpo-kl"),
     pytest.param({"loss_type": "dapo", "beta": 0.04}, False, id="dapo-kl-ratio-weighted-on-policy"),
     pytest.param({"loss_type": "bnpo", "beta": 0.04}, False, id="bnpo-kl-ratio-weighted-on-policy"),
+    # TRL's default KL (use_bias_correction_kl=True) with reused generations: old log-probs, clipping both sides
+    pytest.param({"loss_type": "grpo", "beta": 0.04}, True, id="grpo-kl-ratio-weighted-off-policy"),
+    pytest.param({"loss_type": "dapo", "beta": 0.1, "temperature": 0.7}, True, id="dapo-kl-ratio-weighted-off-policy"),
     pytest.param(
         {"loss_type": "dr_grpo", "beta": 0.04, "use_bias_correction_kl": False, "temperature": 0.7},
         True,
@@ -148,13 +151,19 @@ def test_pg_loss_mode_matches_trl(tiny_path, tmp_path, overrides, off_policy):
         metrics = _assert_same(plain, ours, _batch(plain, off_policy=off_policy))
     if off_policy:  # the case exists to exercise clipping: it must actually clip, on both sides
         assert metrics["clip_ratio/low_mean"] > 0 and metrics["clip_ratio/high_mean"] > 0
+    path = ours.tokrl_kernels_path
+    assert (path["loss_kernel_calls"], path["loss_fallbacks"]) == (1, 0)  # the kernel computed it
+    assert path["loss"] == "tokrl_kernels.linear_pg_loss"
+    # per optimizer step in TRL's log: the call's indicator x the 2 accumulation steps set by _trainers
+    assert (ours._metrics["train"]["tokrl/loss_kernel_calls"], ours._metrics["train"]["tokrl/loss_fallbacks"]) == (
+        [2.0], [0.0]
+    )
 
 
 @pytest.mark.parametrize(
     ("overrides", "off_policy", "reason"),
     [
         pytest.param({"loss_type": "cispo"}, True, "loss_type='cispo'", id="cispo"),
-        pytest.param({"loss_type": "grpo", "beta": 0.04}, True, "use_bias_correction_kl", id="ratio-kl-off-policy"),
         pytest.param({"loss_type": "grpo", "delta": 1.5}, True, "delta", id="two-sided-clipping"),
     ],
 )
@@ -167,6 +176,10 @@ def test_pg_loss_mode_falls_back_with_one_warning(tiny_path, tmp_path, overrides
         _assert_same(plain, ours, inputs)
     fallbacks = [w for w in caught if "use_tokrl_kernels" in str(w.message)]
     assert len(fallbacks) == 1 and reason in str(fallbacks[0].message)
+    path = ours.tokrl_kernels_path
+    assert (path["loss_kernel_calls"], path["loss_fallbacks"]) == (0, 2)
+    assert path["loss"].startswith("TRL's _compute_loss (fallback: ") and reason in path["loss"]
+    assert ours._metrics["train"]["tokrl/loss_fallbacks"] == [2.0]  # the last call, x 2 accumulation steps
 
 
 @pytest.mark.parametrize("mode", ["logprob", "pg_loss"])

@@ -1,4 +1,5 @@
-"""Models and settings tokrl cannot serve exactly are refused with the reason; bad arguments name themselves."""
+"""Models and settings tokrl cannot serve exactly are refused with the reason, the rest served; bad arguments name
+themselves."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
 from trl import GRPOTrainer
 
 import tokrl.integrations.trl as trl_integration
@@ -34,23 +35,20 @@ def _tiny(**config):
 
 
 @pytest.mark.parametrize(
-    ("config", "reason"),
+    ("config", "described"),
     [
-        pytest.param({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0", id="softcap"),
+        pytest.param({"final_logit_softcapping": 30.0}, "softcap=30", id="softcap"),
         pytest.param({"logit_scale": 0.5}, "logit_scale=0.5", id="logit-scale"),
-        pytest.param({"lm_head_multiplier": 2.0}, "lm_head_multiplier=2.0", id="lm-head-multiplier"),
-        pytest.param({"logits_scaling": 4.0}, "logits_scaling=4.0", id="logits-scaling"),
+        pytest.param({"lm_head_multiplier": 2.0}, "logit_scale=2", id="lm-head-multiplier"),
+        pytest.param({"logits_scaling": 4.0}, "logit_scale=0.25", id="logits-scaling"),
+        pytest.param({"logit_scale": 1.0}, "none", id="neutral-logit-scale"),
     ],
 )
-def test_logit_transforms_are_refused(tmp_path, config, reason):
-    trainer = _trainer(tmp_path, _tiny(**config))  # TRL itself serves these models
-    with pytest.raises(UnsupportedByTokrl, match=reason):
-        use_tokrl_kernels(trainer)
-
-
-def test_neutral_logit_scale_is_served(tmp_path):
-    trainer = use_tokrl_kernels(_trainer(tmp_path, _tiny(logit_scale=1.0)), impl="torch")
+def test_logit_transforms_are_served(tmp_path, config, described):
+    """Served, not refused: the kernels apply the transform (equality with TRL: test_trl_families.py)."""
+    trainer = use_tokrl_kernels(_trainer(tmp_path, _tiny(**config)), impl="torch")
     assert trainer.tokrl_kernels_path["log_probs"] == "tokrl_kernels.linear_logprob (impl=torch)"
+    assert trainer.tokrl_kernels_path["logits"] == f"h @ W.T, logit transform: {described}"
 
 
 def test_head_bias_is_refused(tmp_path):
@@ -60,16 +58,35 @@ def test_head_bias_is_refused(tmp_path):
         _trainer(tmp_path, model, cls=TokrlGRPOTrainer)
 
 
-def test_adapted_head_is_refused(tmp_path):
-    # TRL refuses LoRA on lm_head itself, but not a trainable copy of it (modules_to_save): tokrl does.
-    lora = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
-    with pytest.raises(UnsupportedByTokrl, match="adapted LM head.*ModulesToSaveWrapper"):
+@pytest.mark.parametrize(
+    ("lora", "wrapper"),
+    [
+        # a trainable copy of the tied embedding: the head would stay the raw (tied) weight
+        pytest.param(LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"]),
+                     "embed_tokens.*ModulesToSaveWrapper", id="copy-of-tied-embedding"),
+        # LoRA on the tied embedding
+        pytest.param(LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]), "embed_tokens.*lora",
+                     id="lora-on-tied-embedding"),
+    ],
+)  # fmt: skip
+def test_adapted_tied_embedding_is_refused(tmp_path, lora, wrapper):
+    with pytest.raises(UnsupportedByTokrl, match=f"adapted LM head.*{wrapper}"):
         _trainer(tmp_path, _tiny(), cls=TokrlGRPOTrainer, peft_config=lora)
 
 
-def test_router_logits_model_is_refused():
-    with pytest.raises(UnsupportedByTokrl, match="Mixture-of-Experts"):
-        check_head_servable(_tiny(output_router_logits=True))
+def test_lora_on_the_head_is_refused():
+    """TRL refuses LoRA on lm_head itself; check_head_servable does too (the kernels read the raw weight)."""
+    model = get_peft_model(_tiny(tie_word_embeddings=False), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(UnsupportedByTokrl, match="adapted LM head.*lm_head"):
+        check_head_servable(model.get_base_model(), adapted=model)
+
+
+def test_a_copy_of_an_untied_head_is_served(tmp_path):
+    """modules_to_save=["lm_head"]: the copy's weight is what the kernels score and train (equality with TRL:
+    test_trl_families.py)."""
+    lora = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    trainer = _trainer(tmp_path, _tiny(tie_word_embeddings=False), cls=TokrlGRPOTrainer, peft_config=lora)
+    assert trainer.tokrl_kernels_path["loss"] == "TRL's _compute_loss"
 
 
 def test_entropy_bonus_needs_kernel_entropy(tmp_path, monkeypatch):

@@ -33,6 +33,10 @@ def _train(cls, tiny_path, tmp_path, **kwargs):
         pytest.param("pg_loss", {"loss_type": "grpo", "beta": 0.04}, id="pg_loss-grpo-kl"),
         # off-policy with a tight clip range, computed by linear_pg_loss
         pytest.param("pg_loss", {"loss_type": "bnpo", "num_iterations": 2, "epsilon": 0.02}, id="pg_loss-bnpo-clip"),
+        # TRL's default bias-corrected KL with reused generations (the issue's 0 kernel calls / 4 fallbacks case)
+        pytest.param("pg_loss", {"loss_type": "grpo", "beta": 0.04, "num_iterations": 2}, id="pg_loss-grpo-kl-reused"),
+        pytest.param("pg_loss", {"loss_type": "dapo", "beta": 0.04, "steps_per_generation": 2},
+                     id="pg_loss-dapo-kl-steps-per-generation"),
     ],
 )
 def test_three_steps_log_the_same_as_trl(tiny_path, tmp_path, mode, overrides):
@@ -48,3 +52,23 @@ def test_three_steps_log_the_same_as_trl(tiny_path, tmp_path, mode, overrides):
         for key in LOGGED:
             if key in want:
                 assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), f"step {step}: {key}"
+    if mode == "pg_loss":  # every loss call was a kernel call, counted per step in the path report and the logs
+        per_step = ours.tokrl_kernels_path["loss_calls_per_step"]
+        assert sorted(per_step) == [1, 2, 3] and all(c == {"kernel": 1, "fallback": 0} for c in per_step.values())
+        assert [(e["tokrl/loss_kernel_calls"], e["tokrl/loss_fallbacks"]) for e in logged] == [(1.0, 0.0)] * 3
+
+
+@pytest.mark.slow
+def test_fallbacks_are_counted_per_step_and_logged(tiny_path, tmp_path):
+    """A configuration linear_pg_loss cannot express (cispo), with 2 gradient-accumulation steps: TRL's loss runs,
+    the report says so with its counts, and TRL's logs carry tokrl/loss_fallbacks per optimizer step."""
+    overrides = {"loss_type": "cispo", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
+    with pytest.warns(UserWarning, match="loss_type='cispo'"):
+        ours, logged = _train(TokrlGRPOTrainer, tiny_path, tmp_path, overrides=overrides, tokrl_mode="pg_loss",
+                              tokrl_impl="torch")  # fmt: skip
+    path = ours.tokrl_kernels_path
+    assert (path["loss_kernel_calls"], path["loss_fallbacks"]) == (0, 6)
+    supported = "['bnpo', 'dapo', 'dr_grpo', 'grpo']"
+    assert path["loss"] == f"TRL's _compute_loss (fallback: loss_type='cispo' (supported: {supported}))"
+    assert path["loss_calls_per_step"] == {step: {"kernel": 0, "fallback": 2} for step in (1, 2, 3)}
+    assert [(e["tokrl/loss_kernel_calls"], e["tokrl/loss_fallbacks"]) for e in logged] == [(0.0, 2.0)] * 3

@@ -1,6 +1,8 @@
-"""Per-row entropy of softmax(hidden[index] @ weight.T / T), and the log-probs next to it.
+"""Per-row entropy of softmax(z / T), z = map(hidden[index] @ weight.T), and the log-probs next to it.
 
-    H_i = logsumexp(z_i) - sum_v softmax(z_i)_v * z_i,v,   z_i = hidden[index[i]] @ weight.T / T   [V] fp32
+    H_i = logsumexp(z_i) - sum_v softmax(z_i)_v * z_i,v,   z_i = map(hidden[index[i]] @ weight.T) / T   [V] fp32
+
+`map` is the model's logit scale and soft-cap (`tokrl.head_transform.LogitTransform`; identity for most models).
 
 `logprob_and_entropy` asks `tokrl_kernels.linear_logprob(..., return_entropy=True)` for both when the installed
 kernels accept that argument (differentiable entropy, one pass). Otherwise it takes the log-probs from
@@ -13,6 +15,8 @@ from __future__ import annotations
 import inspect
 
 import torch
+
+from tokrl.head_transform import PLAIN_HEAD, LogitTransform
 
 # Bound at import: once the Triton backend loads, the submodule `tokrl_kernels.linear_logprob` replaces the
 # package attribute of the same name, so `tokrl_kernels.linear_logprob` would then be a module.
@@ -31,7 +35,11 @@ KERNEL_HAS_ENTROPY: bool = "return_entropy" in inspect.signature(linear_logprob)
 
 @torch.no_grad()
 def chunked_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, temperature: float = 1.0
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    temperature: float = 1.0,
+    head: LogitTransform = PLAIN_HEAD,
 ) -> torch.Tensor:
     """Entropy [k] fp32 (no gradient) of the rows `hidden[index]` ([N, D] -> [k]) under head `weight` [V, D]."""
     vocab, hidden_dim = weight.shape
@@ -45,7 +53,7 @@ def chunked_entropy(
         run_sum = torch.zeros(c, device=hidden.device)  # [c] sum e^(z - max)
         run_dot = torch.zeros(c, device=hidden.device)  # [c] sum e^(z - max) * z
         for v0 in range(0, vocab, step):
-            z = rows @ weight[v0 : v0 + step].float().T / temperature  # [c, vc]
+            z = head.apply(rows @ weight[v0 : v0 + step].float().T) / temperature  # [c, vc]
             new_max = torch.maximum(run_max, z.amax(dim=1))  # [c]
             scale = torch.exp(run_max - new_max)  # [c] (0 on the first tile: exp(-inf))
             e = torch.exp(z - new_max[:, None])  # [c, vc]
@@ -65,14 +73,14 @@ def logprob_and_entropy(
     temperature: float,
     impl: str,
     with_entropy: bool,
+    head: LogitTransform = PLAIN_HEAD,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logp [k] fp32 with gradient, entropy [k] fp32 or None). Entropy has a gradient only from the kernel."""
+    options = {"temperature": temperature, "impl": impl, **head.kernel_kwargs()}
     if not with_entropy:
-        return linear_logprob(hidden, weight, targets, index, temperature=temperature, impl=impl), None
+        return linear_logprob(hidden, weight, targets, index, **options), None
     if KERNEL_HAS_ENTROPY:
-        logp, entropy = linear_logprob(
-            hidden, weight, targets, index, temperature=temperature, return_entropy=True, impl=impl
-        )
+        logp, entropy = linear_logprob(hidden, weight, targets, index, return_entropy=True, **options)
         return logp, entropy
-    logp = linear_logprob(hidden, weight, targets, index, temperature=temperature, impl=impl)
-    return logp, chunked_entropy(hidden, weight, index, temperature)
+    logp = linear_logprob(hidden, weight, targets, index, **options)
+    return logp, chunked_entropy(hidden, weight, index, temperature, head)

@@ -11,8 +11,14 @@ weight (`trl_head`); TRL's loss runs unchanged on them. Entropy (TRL always logs
 and entropy bonus use it) comes from `linear_logprob(..., return_entropy=True)` when the installed
 tokrl_kernels has it, else from a no-gradient chunked pass (then an entropy bonus is refused).
 mode="pg_loss": additionally, TRL's loss is one `linear_pg_loss` call for the configurations it expresses
-exactly (`trl_loss`); the rest fall back to TRL's loss with one warning.
-Models tokrl cannot serve exactly are refused with the reason (`UnsupportedByTokrl`, a ValueError).
+exactly (`trl_loss`: grpo/bnpo/dr_grpo/dapo, with or without KL, TRL's bias-corrected KL on- and off-policy, an MoE
+router aux loss); the rest fall back to TRL's loss with one warning. What ran is counted: `tokrl_kernels_path`
+holds the kernel calls and fallbacks (in total and per optimizer step), and TRL's logs get `tokrl/loss_fallbacks`
+and `tokrl/loss_kernel_calls` (`loss_calls`).
+Served exactly: any causal LM whose logits are map(h @ W.T), map being the model's logit scale and soft-cap
+(Gemma-2, Cohere, Granite included), tied or untied heads, a trainable copy of the head
+(`modules_to_save=["lm_head"]`), MoE models. Models tokrl cannot serve exactly are refused with the reason
+(`UnsupportedByTokrl`, a ValueError): a head bias, LoRA on the head, an adapted tied embedding.
 
 Why tokrl's token selection (S-GRPO, T-SPMO) is not offered as a TRL option: applying it to TRL's completion
 mask cannot be done through TRL's public surface, only by forking its private data flow. (1) The completion mask
@@ -38,6 +44,8 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
+from tokrl.head_transform import logit_transform
+from tokrl.integrations import loss_calls
 from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl_head import UnsupportedByTokrl, check_head_servable, patch_fused_head
 from tokrl.integrations.trl_loss import config_fallback_reason, install_pg_loss
@@ -83,11 +91,11 @@ def use_tokrl_kernels(trainer: GRPOTrainer, mode: str = "logprob", impl: str = "
     patch_fused_head(policy, temperature=trainer.temperature, impl=impl, with_entropy=True)
     if reference is not None:
         patch_fused_head(reference, temperature=trainer.temperature, impl=impl, with_entropy=False)
-    loss_path = "TRL's _compute_loss"
+    loss_path = loss_calls.FALLBACK_PATH
     if mode == "pg_loss":
         install_pg_loss(trainer)
         reason = config_fallback_reason(trainer)
-        loss_path = f"TRL's _compute_loss (fallback: {reason})" if reason else "tokrl_kernels.linear_pg_loss"
+        loss_path = loss_calls.fallback_path([reason]) if reason else loss_calls.KERNEL_PATH
     entropy_path = (
         "in-kernel (linear_logprob return_entropy=True)"
         if KERNEL_HAS_ENTROPY
@@ -95,10 +103,13 @@ def use_tokrl_kernels(trainer: GRPOTrainer, mode: str = "logprob", impl: str = "
     )
     trainer.tokrl_kernels_path = {
         "log_probs": f"tokrl_kernels.linear_logprob (impl={resolved})",
+        "logits": f"h @ W.T, logit transform: {logit_transform(policy).describe()}",
         "models": "policy + reference" if reference is not None else "policy",
         "entropy": entropy_path,
         "loss": loss_path,
     }
+    if mode == "pg_loss":  # from here on "loss" says what ran, with counts (loss_calls)
+        loss_calls.start(trainer, planned=loss_path)
     logger.info("tokrl kernels in TRL: %s", "; ".join(f"{k}: {v}" for k, v in trainer.tokrl_kernels_path.items()))
     return trainer
 

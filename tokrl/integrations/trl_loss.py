@@ -11,17 +11,22 @@ else 1, m the completion (x tool) mask [B, T], and w the loss type's normaliser 
     dr_grpo  1 / (B * max_completion_length * GA)     dapo  P * steps_per_generation / (max(N_items, 1) * GA)
 
 (GA = gradient-accumulation steps in training, 1 in eval; P = processes; N_items = num_items_in_batch.)
-That is `linear_pg_loss(..., weights=w, reduction="sum")` on the k rows where m = 1, with c = 1 exactly.
-With c = r (TRL's default) the KL's gradient gains a kl * dlogp term: exact here only on-policy (TRL passes
-no old log-probs, so r == 1 in value and clipping never triggers), where it is folded into the advantage
-(see `trl_head._pg_loss`); off-policy batches fall back.
+That is `linear_pg_loss(..., weights=w, reduction="sum")` on the k rows where m = 1, with c = 1 exactly; with
+c = r (TRL's default) the kernel's inputs are rewritten so its gradient is TRL's, on- and off-policy (`pg_rows`).
+An MoE router load-balancing loss (TRL's `aux_loss_enabled`: `router_aux_loss_coef` != 0) is returned by the
+same forward and added as TRL adds it: + coef * aux_loss / GA.
 
 Everything else falls back to TRL's own `_compute_loss` (still on tokrl's fused head), with one warning per
 reason: other loss types (cispo, sapo, vespo, luspo), sequence-level importance sampling, two-sided clipping
 (`delta`), the off-policy sequence mask, the top-entropy token mask, vLLM importance-sampling correction, an
-entropy bonus (needs entropy gradients), an MoE auxiliary loss, multimodal inputs.
-The metrics TRL logs from its loss (entropy, kl, clip_ratio/*) are logged the same way, from the kernel's
-detached per-row log-probs and a no-gradient entropy pass.
+entropy bonus (needs entropy gradients), multimodal inputs.
+The metrics TRL logs from its loss (entropy, kl, clip_ratio/*, aux_loss) are logged the same way, from the
+kernel's detached per-row log-probs and a no-gradient entropy pass.
+
+What ran is counted (`LossCalls`): every loss computation is either a kernel call or a fallback. The counts per
+optimizer step and in total are kept in `trainer.tokrl_kernels_path` (whose "loss" entry names what actually ran),
+and TRL's logs get `tokrl/loss_kernel_calls` and `tokrl/loss_fallbacks`: per optimizer step, averaged over the
+logging window (each training call logs its indicator x the gradient-accumulation steps, and TRL averages).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import nanmax, nanmin
 
-from tokrl.integrations.trl_head import PGLossRequest
+from tokrl.integrations import loss_calls
+from tokrl.integrations.pg_rows import PGLossRequest
 
 _EXTRA_INPUTS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
                  "mm_token_type_ids", "image_position_ids", "num_tiles", "spatial_shapes")  # fmt: skip
@@ -78,7 +84,6 @@ def config_fallback_reason(trainer: GRPOTrainer) -> str | None:
         (trainer.top_entropy_quantile < 1.0, f"top_entropy_quantile={trainer.top_entropy_quantile} (entropy mask)"),
         (trainer.use_vllm and trainer.vllm_importance_sampling_correction, "vLLM importance-sampling correction"),
         (getattr(trainer, "_entropy_bonus_enabled", False), "an entropy bonus (entropy_coef / adaptive entropy)"),
-        (trainer.aux_loss_enabled, "an MoE router auxiliary loss"),
     ]  # fmt: skip
     return next((reason for failed, reason in checks if failed), None)
 
@@ -86,11 +91,7 @@ def config_fallback_reason(trainer: GRPOTrainer) -> str | None:
 def batch_fallback_reason(trainer: GRPOTrainer, inputs: dict) -> str | None:
     """Why this batch needs TRL's own loss, or None."""
     extra = [key for key in _EXTRA_INPUTS if inputs.get(key) is not None]
-    if extra:
-        return f"multimodal / extra model inputs {extra}"
-    if trainer.beta != 0.0 and trainer.args.use_bias_correction_kl and inputs.get("old_per_token_logps") is not None:
-        return "use_bias_correction_kl=True with off-policy old log-probs (the ratio-weighted KL)"
-    return None
+    return f"multimodal / extra model inputs {extra}" if extra else None
 
 
 def _warn_once(trainer: GRPOTrainer, reason: str) -> None:
@@ -138,6 +139,7 @@ def _log_metrics(trainer, mask, advantages, out, old_rows, ref_rows, request: PG
 def pg_compute_loss(trainer: GRPOTrainer, model: torch.nn.Module, inputs: dict, *, fallback) -> torch.Tensor:
     """TRL's `_compute_loss` for the supported configurations, as one `linear_pg_loss` call inside the forward."""
     reason = config_fallback_reason(trainer) or batch_fallback_reason(trainer, inputs)
+    loss_calls.record(trainer, reason)
     if reason is not None:
         _warn_once(trainer, reason)
         return fallback(model, inputs)
@@ -167,11 +169,17 @@ def pg_compute_loss(trainer: GRPOTrainer, model: torch.nn.Module, inputs: dict, 
         beta=trainer.beta,
         ratio_weighted_kl=trainer.beta != 0.0 and trainer.args.use_bias_correction_kl,
     )
+    router = {"output_router_logits": True} if trainer.aux_loss_enabled else {}  # as TRL asks for it
     with trainer.accelerator.autocast():
         out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
-                    pg_loss=request)  # fmt: skip
+                    pg_loss=request, **router)  # fmt: skip
     _log_metrics(trainer, mask, request.advantages, out, request.old_logp, request.ref_logp, request)
-    return out.loss
+    if not trainer.aux_loss_enabled:
+        return out.loss
+    # TRL: + coef * aux / GA in training (its policy loss is already divided by GA), the metric gathered
+    mode = "train" if trainer.model.training else "eval"
+    trainer._metrics[mode]["aux_loss"].append(trainer.accelerator.gather_for_metrics(out.aux_loss).mean().item())
+    return out.loss + trainer.router_aux_loss_coef * out.aux_loss / accumulation
 
 
 def install_pg_loss(trainer: GRPOTrainer) -> None:
