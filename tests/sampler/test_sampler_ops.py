@@ -1,6 +1,7 @@
 """Ops per decode step, counted on CPU with the profiler (a count bound, not a timing): a regression in what
 a decode layer launches on the GPU shows up here. The model: a tiny bf16 Qwen2 (q/k/v biases, GQA) with a
-peft LoRA on q/k/v/o/gate/up/down, whose adapters peft keeps in fp32 under the bf16 base, as on the GPU."""
+peft LoRA on q/k/v/o/gate/up/down, whose adapters peft keeps in fp32 under the bf16 base, as on the GPU;
+sampled unmerged (`tokrl`) and merged into weight copies (`tokrl-merged`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from tokrl.models import DEFAULT_LORA_TARGETS, apply_lora
 from tokrl.sampler.adapters import adapter_copies
 from tokrl.sampler.engine import decode_step, model_body, start_state
+from tokrl.sampler.merged import merged_weights
 from tokrl.sampler.profiling import count_ops, decoder_layers
 from tokrl.sampler.token_sampling import SamplingOptions
 
@@ -43,11 +45,14 @@ def _step_ops(model: torch.nn.Module, overrides: dict | None):
 def counts():
     lora = _model(lora=True)
     assert next(p for n, p in lora.named_parameters() if "lora_A" in n).dtype == torch.float32  # as peft makes them
-    return {
+    counts = {
         "base": _step_ops(_model(lora=False), None),
         "lora": _step_ops(lora, adapter_copies(model_body(lora)).copies),
         "lora_fp32": _step_ops(lora, {}),
     }
+    with lora.disable_adapter():  # what the tokrl-merged sampler runs
+        counts["merged"] = _step_ops(lora, merged_weights(model_body(lora)).copies)
+    return counts
 
 
 def test_a_decode_layer_launches_no_more_than_the_model_code(counts):
@@ -63,3 +68,8 @@ def test_lora_adds_four_ops_per_adapted_linear_with_model_dtype_adapters(counts)
     assert lora.ops_per_layer - base.ops_per_layer == LORA_OPS_PER_LINEAR * linears, lora.by_name
     assert fp32.ops_per_layer - base.ops_per_layer == FP32_ADAPTER_OPS_PER_LINEAR * linears  # what the copies save
     assert lora.outside_layers == base.outside_layers and lora.syncs == 0
+
+
+def test_merged_lora_launches_what_the_base_model_does(counts):
+    base, merged = counts["base"], counts["merged"]
+    assert merged.per_layer == base.per_layer and merged.total == base.total and merged.syncs == 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,13 +27,23 @@ _VERSIONS = itertools.count(1)
 
 
 @dataclass
-class AdapterCopies:
-    """Copies of adapter weights in the model's dtype: `copies` by parameter name (relative to the model),
-    `sources` the trained parameters they copy, `version` changes whenever the copies are reallocated."""
+class WeightCopies:
+    """Tensors the sampler's forwards read instead of the model's parameters: `copies` by parameter name
+    (relative to the model body); `version` changes whenever they are reallocated (a graph reads addresses)."""
 
-    sources: dict[str, torch.nn.Parameter]
     copies: dict[str, torch.Tensor]
     version: int = 0
+
+
+def new_version() -> int:
+    return next(_VERSIONS)
+
+
+@dataclass
+class AdapterCopies(WeightCopies):
+    """Adapter weights in the model's dtype; `sources` are the trained parameters they copy."""
+
+    sources: dict[str, torch.nn.Parameter] = field(default_factory=dict)
 
     def refresh(self) -> None:
         for name, copy in self.copies.items():
@@ -77,7 +87,7 @@ def adapter_copies(body: torch.nn.Module) -> AdapterCopies:
     )
     if not same:
         copies = {name: torch.empty_like(weight, dtype=dtype) for name, (weight, dtype) in wanted.items()}
-        held = AdapterCopies({name: weight for name, (weight, _) in wanted.items()}, copies, next(_VERSIONS))
+        held = AdapterCopies(copies, new_version(), {name: weight for name, (weight, _) in wanted.items()})
         _HELD[body] = held
     held.refresh()
     return held

@@ -41,7 +41,7 @@ from typing import Protocol
 
 import torch
 
-from tokrl.sampler.adapters import adapter_copies
+from tokrl.sampler.adapters import WeightCopies, adapter_copies
 from tokrl.sampler.engine import Overrides, decode_step, decode_until_done, start_state
 from tokrl.sampler.state import Arena, DecodeState, arena_for
 from tokrl.sampler.token_sampling import SamplingOptions
@@ -223,11 +223,13 @@ def run_graphed(
     eos_ids: Sequence[int],
     pad_id: int,
     backend: GraphBackend,
+    weights: WeightCopies | None = None,
 ) -> tuple[DecodeState, DecodeStats]:
     """The decode loop with captured steps; returns the state (rows [:B] are the batch; the buffers belong
-    to the model's arena: read them before the next call) and the call's DecodeStats."""
+    to the model's arena: read them before the next call) and the call's DecodeStats. weights: what the
+    forwards read instead of the model's parameters (default: `adapter_copies`)."""
     graphs = graphs_for(body, backend)
-    adapters = adapter_copies(body)
+    adapters = weights if weights is not None else adapter_copies(body)
     rows = row_bucket(len(prompts) * num_generations)
     state = start_state(
         body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id, rows=rows, arena=graphs.arena,

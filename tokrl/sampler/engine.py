@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tokrl.sampler.adapters import adapter_copies
+from tokrl.sampler.adapters import WeightCopies, adapter_copies
 from tokrl.sampler.attention import engine_attention, query_columns
 from tokrl.sampler.kv_cache import DecodeCache, PromptCache
 from tokrl.sampler.rows import left_pad
@@ -185,9 +185,11 @@ def run_eager(
     pad_id: int,
     check_every: int = 1,
     arena: Arena | None = None,
+    weights: WeightCopies | None = None,
 ) -> DecodeState:
-    """The whole decode loop, step by step in eager mode; returns the final state (`new_tokens` [B, n])."""
-    overrides = adapter_copies(body).copies
+    """The whole decode loop, step by step in eager mode; returns the final state (`new_tokens` [B, n]).
+    weights: what the forwards read instead of the model's parameters (default: `adapter_copies`)."""
+    overrides = (weights if weights is not None else adapter_copies(body)).copies
     state = start_state(
         body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id, arena=arena, overrides=overrides
     )

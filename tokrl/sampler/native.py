@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
 from tokrl.sampler import cuda_graph
+from tokrl.sampler.adapters import WeightCopies, adapter_copies
 from tokrl.sampler.engine import model_body, run_eager
 from tokrl.sampler.registry import register_sampler
 from tokrl.sampler.rows import cut_at_eos
@@ -20,11 +22,14 @@ class TokrlSampler:
     """Static KV cache, one prefill per distinct prompt, sampling inside the step, log-probs per token.
 
     `stats` adds up this instance's calls; `graphed_share` is the share of their decode steps replayed from
-    a CUDA graph (None where the sampler decodes eagerly by design, on CPU)."""
+    a CUDA graph (None where the sampler decodes eagerly by design, on CPU). `backend_for(device)` picks the
+    graph backend (default `cuda_graph.backend_for`: CUDA graphs on CUDA, none elsewhere; a benchmark passes
+    `lambda device: None` to time eager decoding on a GPU)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend_for: Callable[[torch.device], cuda_graph.GraphBackend | None] | None = None) -> None:
         self.stats = cuda_graph.DecodeStats()
         self.graphed = False
+        self.backend_for = backend_for
 
     @property
     def graphed_share(self) -> float | None:
@@ -32,6 +37,14 @@ class TokrlSampler:
 
     def unsupported_reason(self, model: torch.nn.Module) -> str | None:
         return unsupported_reason(model)
+
+    def weights(self, model: torch.nn.Module, body: torch.nn.Module) -> WeightCopies:
+        """What the forwards read instead of the model's parameters: LoRA copies in the model's dtype."""
+        return adapter_copies(body)
+
+    def session(self, model: torch.nn.Module) -> AbstractContextManager[None]:
+        """The context a call runs in (a subclass may switch adapters)."""
+        return nullcontext()
 
     @torch.no_grad()
     def generate(
@@ -50,13 +63,15 @@ class TokrlSampler:
         if batch == 0 or max_new_tokens == 0:
             return [[] for _ in range(batch)], [[] for _ in range(batch)]
         args = (body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id)
-        backend = cuda_graph.backend_for(body.get_output_embeddings().weight.device)
-        if backend is None:
-            state = run_eager(*args, arena=arena_for(body))
-        else:
-            state, stats = cuda_graph.run_graphed(*args, backend=backend)
-            self.stats.add(stats)
-            self.graphed = True
+        backend = (self.backend_for or cuda_graph.backend_for)(body.get_output_embeddings().weight.device)
+        with self.session(model):
+            weights = self.weights(model, body)
+            if backend is None:
+                state = run_eager(*args, arena=arena_for(body), weights=weights)
+            else:
+                state, stats = cuda_graph.run_graphed(*args, backend=backend, weights=weights)
+                self.stats.add(stats)
+                self.graphed = True
         tokens = [cut_at_eos(row, eos_ids) for row in state.new_tokens[:batch].tolist()]  # B x <= n
         logps = state.new_logps[:batch].tolist()  # B x n
         return tokens, [lp[: len(t)] for lp, t in zip(logps, tokens, strict=True)]

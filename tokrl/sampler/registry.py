@@ -75,5 +75,6 @@ def resolve_sampler(name: str, model: torch.nn.Module) -> Sampler:
     sampler = SAMPLERS[name]()
     reason = sampler.unsupported_reason(model)
     if reason is not None:
-        raise ValueError(f"sampler: {name!r} cannot run {type(model).__name__}: {reason}; use --sampler hf")
+        other = "auto" if name != "tokrl" else "hf"  # auto: the fastest sampler that can run the model
+        raise ValueError(f"sampler: {name!r} cannot run {type(model).__name__}: {reason}; use --sampler {other}")
     return sampler
