@@ -24,8 +24,13 @@ def test_tiny_run_writes_every_part(tmp_path):
     record = _run(tmp_path)
     parts = record["parts"]
     assert record["errors"] == {} and record["skipped"] == []
-    assert set(parts) == {"setup", "ops", "graphed", "eager", "kernels", "logp_gap", "hf", "short"}
-    assert parts["ops"]["syncs"] == 0 and parts["ops"]["ops_per_layer"] < parts["ops"]["fp32_adapters"]["ops_per_layer"]
+    assert set(parts) == {"setup", "ops", "graphed", "eager", "merged", "kernels", "logp_gap", "hf", "short"}
+    ops = parts["ops"]
+    assert (
+        ops["syncs"] == 0
+        and ops["merged"]["ops_per_layer"] < ops["ops_per_layer"] < ops["fp32_adapters"]["ops_per_layer"]
+    )
+    assert parts["merged"]["sampler_graphed"] == 1.0 and parts["merged"]["merged_copies_mib"] > 0
     assert parts["graphed"]["sampler_graphed"] == 1.0 and parts["graphed"]["graphs"] >= 1
     assert parts["kernels"]["per_step"] > 0
     assert parts["logp_gap"]["max"] < 1e-4  # fp32 on CPU: the sampler's log-probs are the forward's
