@@ -116,13 +116,17 @@ def test_an_unsupported_model_falls_back_to_hf_with_one_log_line(caplog):
         resolve_sampler("tokrl", model)
 
 
-def test_the_probe_catches_a_model_that_ignores_the_engine(monkeypatch):
-    """A fault that raises nothing (here: the mask ignored, so pads are attended) is caught numerically."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_probe_catches_a_model_that_ignores_the_engine(monkeypatch, dtype):
+    """A fault that raises nothing (here: the mask ignored, so pads are attended) is caught numerically, in
+    bf16 too (where one token over the tolerance is let through: an MoE router's near-tie)."""
     model, _ = build_family_model("llama")
+    body = model_body(model.to(dtype))
+    assert support_module.probe_reason(body) is None
     monkeypatch.setattr(
         "tokrl.sampler.engine.hidden_bias", lambda visible, dtype: torch.zeros(visible.shape, dtype=dtype)
     )
-    reason = support_module.probe_reason(model_body(model))
+    reason = support_module.probe_reason(body)
     assert reason is not None and "differ from the model's own forward" in reason
 
 

@@ -21,10 +21,13 @@ from tokrl.sampler.engine import model_body, run_eager
 from tokrl.sampler.token_sampling import SamplingOptions
 
 PROBE_TOKENS = 3
-# max |logp_engine - logp_forward| allowed, by dtype: rounding differs between a cached decode step and a
-# full forward (attention kernels, reduction order); a structural fault is orders of magnitude larger.
+# |logp_engine - logp_forward| allowed, by dtype: rounding differs between a cached decode step and a full
+# forward (attention kernels, reduction order); a structural fault is orders of magnitude larger and hits
+# every token of a row (an ignored mask: the padded row; an ignored cache: every decode step). In 16 bits one
+# token may exceed it: an MoE router's near-tie can pick another expert in the two forwards.
 PROBE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 PROBE_TOLERANCE_16BIT = 0.1
+PROBE_OUTLIERS_16BIT = 1
 
 _PROBED: weakref.WeakKeyDictionary[torch.nn.Module, str | None] = weakref.WeakKeyDictionary()
 
@@ -58,21 +61,26 @@ def probe_reason(body: torch.nn.Module) -> str | None:
     try:
         with torch.random.fork_rng(devices=[]):
             state = run_eager(body, prompts, 1, PROBE_TOKENS, SamplingOptions(do_sample=False), [-1], pad_id)
-            worst = 0.0
+            gaps = []
             for row, prompt in enumerate(prompts):
                 tokens = state.new_tokens[row].tolist()
                 ids = torch.tensor([prompt + tokens[:-1]], device=state.tokens.device)  # [1, len + n - 1]
                 logits = body(input_ids=ids).logits[0, len(prompt) - 1 :].float()  # [n, V]
                 want = logits.log_softmax(-1).gather(1, state.new_tokens[row][:, None])[:, 0]  # [n]
-                worst = max(worst, float((state.new_logps[row] - want).abs().max()))
+                gaps += (state.new_logps[row] - want).abs().tolist()
     except Exception as err:  # noqa: BLE001 (any failure is a reason the engine cannot run the model)
         return f"the engine's probe run failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     finally:
         body.train(was_training)
     dtype = body.get_output_embeddings().weight.dtype
     tolerance = PROBE_TOLERANCE.get(dtype, PROBE_TOLERANCE_16BIT)
-    if not worst <= tolerance:
-        return f"the engine's log-probs differ from the model's own forward by {worst:.3g} (> {tolerance:g})"
+    allowed = 0 if dtype in PROBE_TOLERANCE else PROBE_OUTLIERS_16BIT
+    off = sorted((g for g in gaps if not g <= tolerance), reverse=True)  # NaN counts as off
+    if len(off) > allowed:
+        return (
+            f"the engine's log-probs differ from the model's own forward by up to {off[0]:.3g} at {len(off)} of "
+            f"{len(gaps)} probe tokens (> {tolerance:g})"
+        )
     return None
 
 
