@@ -74,10 +74,15 @@ def _call(model, prompts, provider: str, options: SamplingOptions, seed: int = 0
     return out
 
 
-def _greedy_agreement(model, prompts, provider: str) -> float:
-    greedy = SamplingOptions(do_sample=False)
-    ours, _ = _call(model, prompts, provider, greedy)
-    theirs, _ = _call(model, prompts, "hf", greedy)
+@pytest.fixture(scope="module")
+def hf_greedy(setup) -> list[list[int]]:
+    """HF generate's greedy completions, computed once (at HF's speed a call is the slow part on CUDA)."""
+    model, _, prompts = setup
+    return _call(model, prompts, "hf", SamplingOptions(do_sample=False))[0]
+
+
+def _greedy_agreement(model, prompts, provider: str, theirs: list[list[int]]) -> float:
+    ours, _ = _call(model, prompts, provider, SamplingOptions(do_sample=False))
     return sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(ours)
 
 
@@ -103,10 +108,10 @@ def decode_ops() -> dict[str, object]:
 
 
 @pytest.mark.parametrize("provider", ["hf", "tokrl", "tokrl-merged"])
-def test_generate(benchmark, setup, decode_ops, provider: str) -> None:
+def test_generate(benchmark, setup, decode_ops, hf_greedy, provider: str) -> None:
     model, name, prompts = setup
     options = SamplingOptions(do_sample=True, temperature=1.0, top_p=1.0)
-    agreement = _greedy_agreement(model, prompts, "tokrl" if provider == "hf" else provider)
+    agreement = _greedy_agreement(model, prompts, "tokrl" if provider == "hf" else provider, hf_greedy)
     if not ON_CUDA:
         assert agreement == 1.0, "tokrl and hf greedy completions differ on CPU (fp32): the sampler is wrong"
     start = time.perf_counter()
