@@ -97,6 +97,7 @@ def prefill(
     visible = causal[None] & mask.bool()[:, None, :]  # [P, L, L]: earlier real tokens only
     cache = PromptCache(width, ids.device)
     logits = forward_logits(body, ids, positions, hidden_bias(visible[:, None], dtype), cache, overrides)  # [P, V]
+    cache.length = width
     return cache, logits
 
 

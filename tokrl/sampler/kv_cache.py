@@ -50,7 +50,8 @@ class _Layer(CacheLayerMixin):
 
 
 class _EngineCache(Cache):
-    """Host-side bookkeeping shared by both caches: `length` columns filled, attention over `window`."""
+    """Host-side bookkeeping shared by both caches: `length` columns filled before the current forward (what
+    transformers means by the cache's sequence length), attention over `window` columns."""
 
     def __init__(self) -> None:
         super().__init__(layers=[])
@@ -75,7 +76,7 @@ class PromptCache(_EngineCache):
 
     def __init__(self, width: int, device: torch.device) -> None:
         super().__init__()
-        self.length = self.window = width
+        self.window = width  # `length` (columns filled before the forward) stays 0 until the prefill is done
         self.columns = torch.arange(width, device=device)  # [L] the columns the prefill fills
 
     def update(
