@@ -18,7 +18,9 @@ The model runs through its own forward: any transformers causal LM whose attenti
 attention function up by name (tokrl/sampler/attention.py swaps in the engine's for the forward), reading
 the engine's Cache (tokrl/sampler/kv_cache.py), a prebuilt additive 4-D mask [rows, 1, q, C] (0 visible,
 dtype-min hidden) and explicit positions, so nothing in a step syncs with the host. A peft model runs its
-LoRA layers unmerged, with adapter copies in the model's dtype (tokrl/sampler/adapters.py).
+LoRA layers unmerged, with adapter copies in the model's dtype (tokrl/sampler/adapters.py), or with them
+merged into copies of the base weights (`tokrl-merged`, tokrl/sampler/merged.py): the forwards read the
+copies through `torch.func.functional_call`.
 """
 
 from __future__ import annotations
