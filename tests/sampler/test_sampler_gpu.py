@@ -1,9 +1,9 @@
 """The CUDA-graph decode path (GPU only; skipped with a reason on CPU): equal to HF generate greedily in fp32,
 reproducible under a seed, a handful of graphs per run, LoRA updates and adapter switches seen by replays,
 n = 1 and 2, every family in bf16, and the Qwen2-1.5B architecture in bf16 with LoRA and top-p against a
-teacher-forced forward. Every test asserts that its decode steps were replayed from captured graphs
-(`sampler_graphed` = 1): a silent eager fallback fails it. The CPU side of the graph bookkeeping is
-tests/sampler/test_sampler_graphs.py."""
+teacher-forced forward (unmerged and merged LoRA). Every test asserts that its decode steps were replayed
+from captured graphs (`sampler_graphed` = 1): a silent eager fallback fails it. The CPU side of the graph
+bookkeeping is tests/sampler/test_sampler_graphs.py."""
 
 from __future__ import annotations
 
@@ -102,16 +102,18 @@ def _teacher_forced_gap(model, prompts, tokens, logps, g) -> torch.Tensor:
     return torch.cat(gaps)  # [tokens]
 
 
-def _sample_tokrl(model, prompts, g, n, options, eos):
-    sampler = SAMPLERS["tokrl"]()
+def _sample_tokrl(model, prompts, g, n, options, eos, name="tokrl"):
+    sampler = SAMPLERS[name]()
     tokens, logps = sampler.generate(
         model, prompts, num_generations=g, max_new_tokens=n, options=options, eos_ids=[eos], pad_id=eos
     )
     return sampler, tokens, logps
 
 
-def test_qwen2_1_5b_architecture_bf16_lora_top_p_graphed_and_log_probs_match_a_forward():
-    """GQA 6:1, head dim 128, V = 151,936 (top-p sorts it every step), LoRA r=16 on q/k/v/o/gate/up/down."""
+@pytest.fixture(scope="module")
+def qwen2_1_5b():
+    """The Qwen2-1.5B architecture, 2 layers, bf16: GQA 6:1, head dim 128, V = 151,936 (top-p sorts it every
+    step), LoRA r=16 on q/k/v/o/gate/up/down with B drawn non-zero; 4 prompts of 24-31 random tokens."""
     config = Qwen2Config(
         vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=2, num_attention_heads=12,
         num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa",
@@ -124,13 +126,18 @@ def test_qwen2_1_5b_architecture_bf16_lora_top_p_graphed_and_log_probs_match_a_f
             if "lora_B" in name:
                 param.normal_(0, 0.02)
     gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, 151936, (n,), generator=gen).tolist() for n in (24, 31, 28, 30)]
+    return model, [torch.randint(3, 151936, (n,), generator=gen).tolist() for n in (24, 31, 28, 30)]
+
+
+@pytest.mark.parametrize("sampler", ["tokrl", "tokrl-merged"])
+def test_qwen2_1_5b_architecture_bf16_lora_top_p_graphed_and_log_probs_match_a_forward(qwen2_1_5b, sampler):
+    model, prompts = qwen2_1_5b
     options = SamplingOptions(do_sample=True, temperature=1.0, top_p=0.9)
-    sampler, tokens, logps = _sample_tokrl(model, prompts, 8, 24, options, eos=151643)
-    assert sampler.graphed_share == 1.0 and sampler.stats.graphed > 0
+    chosen, tokens, logps = _sample_tokrl(model, prompts, 8, 24, options, eos=151643, name=sampler)
+    assert chosen.graphed_share == 1.0 and chosen.stats.graphed > 0
     gaps = _teacher_forced_gap(model, prompts, tokens, logps, 8)
-    # bf16 rounding (and the adapters run in bf16 while the forward runs them in fp32): small, never a
-    # misaligned token (whose gap is the spread of the log-probs, ~1 nat here)
+    # bf16 rounding (the adapters run in bf16, or merged into bf16 weights, while the forward runs them in
+    # fp32): small, never a misaligned token (whose gap is the spread of the log-probs, ~1 nat here)
     assert float(gaps.quantile(0.95)) < 0.05 and float(gaps.max()) < 0.25, gaps
 
 

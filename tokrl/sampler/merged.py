@@ -44,9 +44,9 @@ def _lora_linear_class() -> type | None:
 
 def _tuner_layers(body: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """Every peft tuner layer or trainable-copy wrapper inside `body`, by name."""
-    return [
-        (name, m) for name, m in body.named_modules() if hasattr(m, "active_adapters") and hasattr(m, "merged")
-    ] + [(name, m) for name, m in body.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"]
+    return [(name, m) for name, m in body.named_modules() if hasattr(m, "active_adapters") and hasattr(m, "merged")] + [
+        (name, m) for name, m in body.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"
+    ]
 
 
 def merge_reason(model: torch.nn.Module) -> str | None:
