@@ -22,11 +22,15 @@ def test_gap_stats_on_known_values():
     assert set(sampler_gap_stats(None).values()) == {None}
 
 
-@pytest.mark.parametrize(("algorithm", "replay"), [("s-grpo", 0.0), ("t-spmo", 1.0)])
-def test_tokrl_sampler_matches_the_loss_policy_without_dropout(tmp_path, algorithm, replay):
-    """lora_dropout=0, fp32: the sampler's log-probs are the loss's up to rounding, replay prefixes included."""
+@pytest.mark.parametrize(
+    ("algorithm", "replay", "sampler"),
+    [("s-grpo", 0.0, "tokrl"), ("t-spmo", 1.0, "tokrl"), ("s-grpo", 0.0, "tokrl-merged")],
+)
+def test_tokrl_sampler_matches_the_loss_policy_without_dropout(tmp_path, algorithm, replay, sampler):
+    """lora_dropout=0, fp32: the sampler's log-probs are the loss's up to rounding (of the merged weights for
+    tokrl-merged), replay prefixes included."""
     config = small_config(
-        tmp_path, algorithm=algorithm, replay_prob=replay, steps=2, lora_dropout=0.0, sampler="tokrl", eval_size=2
+        tmp_path, algorithm=algorithm, replay_prob=replay, steps=2, lora_dropout=0.0, sampler=sampler, eval_size=2
     )
     trainer = HashRewardTrainer(config)
     trainer.setup()
