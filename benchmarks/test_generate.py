@@ -11,6 +11,13 @@ steps run), batch, new_tokens, peak_mem_mib (above the model), and first_call_s:
 which for tokrl on CUDA includes capturing its CUDA graphs (capture_s = first_call_s - median).
 Gate: on CPU, both samplers must produce the same greedy tokens; on CUDA (bf16, different attention
 kernels) the fraction of rows whose greedy completions agree is recorded as greedy_agreement.
+
+Providers: hf, tokrl, and tokrl-merged (the tokrl engine with LoRA merged into copies of the base weights).
+Launches per decode step (tokrl providers, whatever the device): the aten ops of one decode step of the
+Qwen2-1.5B architecture in bf16 with LoRA r=16 on q/k/v/o/gate/up/down, counted with torch.profiler on 2
+layers (tokrl/sampler/profiling.py; `sampler_check.decode_step_ops`): `ops_per_layer`, `ops_outside_layers`,
+`ops_per_step` = outside + 28 x per layer, and for tokrl `ops_per_layer_fp32_adapters` with peft's fp32
+adapters (what the sampler ran before it held adapter copies in the model's dtype).
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import time
 
 import pytest
 import torch
-from bench_utils import ON_CUDA, build_bench_model, device_name, peak_mib, sync
+from bench_utils import DEVICE, ON_CUDA, build_bench_model, device_name, peak_mib, sync
+from sampler_check import decode_step_ops, qwen2_1_5b_lora
 
 from tokrl.models import apply_lora
 from tokrl.sampler import SAMPLERS, SamplingOptions
 
 PROMPTS, GROUP = 4, 8
+FULL_LAYERS, COUNTED_LAYERS = 28, 2  # Qwen2-1.5B's decoder layers; the layers the op count runs
 NEW_TOKENS = 200 if ON_CUDA else 16
 LORA_R = 16
 SECONDS_PER_BENCH = 20.0 if ON_CUDA else 3.0  # rounds are sized to about this much time per provider
@@ -65,18 +74,44 @@ def _call(model, prompts, provider: str, options: SamplingOptions, seed: int = 0
     return out
 
 
-def _greedy_agreement(model, prompts) -> float:
-    greedy = SamplingOptions(do_sample=False)
-    ours, _ = _call(model, prompts, "tokrl", greedy)
-    theirs, _ = _call(model, prompts, "hf", greedy)
+@pytest.fixture(scope="module")
+def hf_greedy(setup) -> list[list[int]]:
+    """HF generate's greedy completions, computed once (at HF's speed a call is the slow part on CUDA)."""
+    model, _, prompts = setup
+    return _call(model, prompts, "hf", SamplingOptions(do_sample=False))[0]
+
+
+def _greedy_agreement(model, prompts, provider: str, theirs: list[list[int]]) -> float:
+    ours, _ = _call(model, prompts, provider, SamplingOptions(do_sample=False))
     return sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(ours)
 
 
-@pytest.mark.parametrize("provider", ["hf", "tokrl"])
-def test_generate(benchmark, setup, provider: str) -> None:
+@pytest.fixture(scope="module")
+def decode_ops() -> dict[str, object]:
+    """Ops of one decode step of the Qwen2-1.5B architecture with LoRA (module docstring)."""
+    model = qwen2_1_5b_lora(COUNTED_LAYERS, DEVICE)
+    counts = {mode: decode_step_ops(model, mode) for mode in ("copies", "fp32", "merged")}
+    assert all(c["syncs"] == 0 for c in counts.values()), "a decode step synchronises with the host"
+    per_step = {mode: c["ops_outside_layers"] + FULL_LAYERS * c["ops_per_layer"] for mode, c in counts.items()}
+    return {
+        "tokrl": {
+            "ops_per_layer": counts["copies"]["ops_per_layer"], "ops_per_step": per_step["copies"],
+            "ops_outside_layers": counts["copies"]["ops_outside_layers"], "ops_counted_layers": COUNTED_LAYERS,
+            "ops_per_layer_fp32_adapters": counts["fp32"]["ops_per_layer"],
+            "ops_per_step_fp32_adapters": per_step["fp32"],
+        },
+        "tokrl-merged": {
+            "ops_per_layer": counts["merged"]["ops_per_layer"], "ops_per_step": per_step["merged"],
+            "ops_counted_layers": COUNTED_LAYERS,
+        },
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", ["hf", "tokrl", "tokrl-merged"])
+def test_generate(benchmark, setup, decode_ops, hf_greedy, provider: str) -> None:
     model, name, prompts = setup
     options = SamplingOptions(do_sample=True, temperature=1.0, top_p=1.0)
-    agreement = _greedy_agreement(model, prompts)
+    agreement = _greedy_agreement(model, prompts, "tokrl" if provider == "hf" else provider, hf_greedy)
     if not ON_CUDA:
         assert agreement == 1.0, "tokrl and hf greedy completions differ on CPU (fp32): the sampler is wrong"
     start = time.perf_counter()
@@ -103,5 +138,6 @@ def test_generate(benchmark, setup, provider: str) -> None:
             "greedy_agreement": agreement,
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "torch_version": torch.__version__,
+            **decode_ops.get(provider, {}),
         }
     )

@@ -48,8 +48,9 @@ class Family:
     """One model family: `config()` builds its tiny config; the rest says what tokrl should do with it.
 
     engine: True where the tokrl sampler is expected to run the model (auto picks it), False where auto
-    must fall back to HF generate. tied: whether the LM head is the input embedding. moe: a mixture of
-    experts (router aux loss). softcap / logit_scale: the final-logit transform the loss must apply.
+    must fall back to HF generate (every family here runs in the engine since issue 19). tied: whether the
+    LM head is the input embedding. moe: a mixture of experts (router aux loss). softcap / logit_scale: the
+    final-logit transform the loss must apply.
     """
 
     config_class: str
@@ -102,7 +103,6 @@ FAMILIES: dict[str, Family] = {
             "eos_token_id": VOCAB[EOS_TOKEN],
             "pad_token_id": VOCAB[PAD_TOKEN],
         },
-        engine=False,
         tied=True,
         common=False,
     ),

@@ -66,6 +66,7 @@ class GenerationConfig:
         default="auto",
         metadata={
             "help": "Rollout and eval sampler: tokrl (static KV cache, one prefill per prompt, CUDA graphs on GPU), "
+            "tokrl-merged (tokrl with LoRA merged into copies of the base weights: fewer kernels, more memory), "
             "hf (transformers generate) or auto (tokrl where it runs the model, else hf)."
         },
     )

@@ -24,6 +24,9 @@ gen_tokens_per_s is all ranks' tokens over the slowest rank's generate time, mem
     lr, step_time_s, gen_tokens_per_s
     gen_seconds, update_seconds  the step's rollout half (sampling, rewards, selection) and optimisation half
                                  (loss forward/backward, optimiser); together about step_time_s
+    sampler_graphed              share of the tokrl sampler's decode steps replayed from a CUDA graph (the
+                                 lowest rank's); below 1 means a capture failed and those steps ran eagerly
+                                 (~20x slower, with a warning each time); None on CPU and with hf
 Sampler fidelity, on the tokens the loss selected (None when the sampler gives no log-probs, e.g. hf):
     sampler_logp_gap_mean, sampler_logp_gap_p95   mean and 95th percentile of |logp_sampler - logp_loss|
     sampler_ratio_outside   fraction of exp(logp_loss - logp_sampler) outside [0.9, 1.1]

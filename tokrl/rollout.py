@@ -42,6 +42,8 @@ class Rollout:
     logprobs: per row the log-prob of each completion token under softmax(logits / T) at sampling time
         (before top-p truncation), aligned with `completions`; None when the sampler gives none (hf)
     sampler: the sampler that ran ("tokrl" | "hf")
+    sampler_graphed: share of the tokrl sampler's decode steps replayed from a CUDA graph (below 1 when a
+        capture failed); None where no graphs are used (CPU, hf)
     """
 
     prompts: list[list[int]]
@@ -50,6 +52,7 @@ class Rollout:
     generated_tokens: int
     logprobs: list[list[float]] | None = None
     sampler: str = ""
+    sampler_graphed: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -108,6 +111,7 @@ def generate(
         generated_tokens=sum(len(c) for c in completions),
         logprobs=logprobs,
         sampler=chosen.name,
+        sampler_graphed=getattr(chosen, "graphed_share", None),
     )
 
 
@@ -120,6 +124,7 @@ def concat_rollouts(parts: Sequence[Rollout]) -> Rollout:
         generated_tokens=sum(part.generated_tokens for part in parts),
         logprobs=None if any(p.logprobs is None for p in parts) else [r for p in parts for r in p.logprobs],
         sampler=parts[0].sampler if parts else "",
+        sampler_graphed=min((p.sampler_graphed for p in parts if p.sampler_graphed is not None), default=None),
     )
 
 

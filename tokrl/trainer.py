@@ -276,6 +276,7 @@ class Trainer:
         local = {
             "groups": groups, "prefix_lens": [len(p) for p in prefixes], "zero_std": [s.zero_std for s in selections],
             "seconds": out.seconds, "tokens": out.generated_tokens, "gen_peak_mem_mib": peak_memory_mib(self.device),
+            "graphed": out.sampler_graphed,
         }  # fmt: skip
         shards = distributed.all_gather_object(local)  # rank order = global prompt order
         everyone = [group for shard in shards for group in shard["groups"]]
@@ -309,6 +310,7 @@ class Trainer:
             "update_seconds": update_seconds,
             "step_time_s": time.perf_counter() - start,
             "gen_tokens_per_s": sum(s["tokens"] for s in shards) / max(max(s["seconds"] for s in shards), 1e-9),
+            "sampler_graphed": min((s["graphed"] for s in shards if s["graphed"] is not None), default=None),
             "gen_peak_mem_mib": gen_peak,
             "peak_mem_mib": max(gen_peak, stats["update_peak_mem_mib"]),
         }

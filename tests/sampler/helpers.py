@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, GptOssConfig, Qwen2Config, Qwen2ForCausalLM
 
+from tests.model_families import _COMMON as FAMILY_COMMON
 from tokrl.models import apply_lora, build_tiny_model
 from tokrl.rollout import encode_prompts
 
@@ -38,6 +40,36 @@ def qwen2_lora(tokenizer):
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.data.normal_(0, 0.5)  # peft starts B at zero: the adapter would be a no-op
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval()
+
+
+def with_lora(model, r: int = 4, seed: int = 1, b_std: float = 0.5):
+    """`model` wrapped by peft with a LoRA on every linear layer of the decoder (peft's "all-linear": never
+    the LM head; MoE expert weights included, whose peft wrapper needs dropout 0), its B drawn non-zero
+    (peft starts B at zero: the adapter would be a no-op); eval mode."""
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wrapped = get_peft_model(model, config)
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.data.normal_(0, b_std)
+    return wrapped.eval()
+
+
+def attention_sinks_model(tokenizer):
+    """A tiny GPT-OSS (attention sinks, which the engine's attention does not implement): auto must fall
+    back to HF generate for it."""
+    config = GptOssConfig(
+        **{**FAMILY_COMMON, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
+           "layer_types": ["sliding_attention", "full_attention"], "rope_parameters": {"rope_type": "default",
+           "rope_theta": 10000.0}},
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model.eval()

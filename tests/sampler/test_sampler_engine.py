@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model
+from tests.sampler.helpers import attention_sinks_model, prompts_with_replay, qwen2_lora, tiny_model
 from tests.utils import assert_close_to_ref
 from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, resolve_sampler
@@ -70,8 +70,11 @@ def test_prefill_and_decode_logits_equal_a_full_forward(tiny, lora, which):
     _, first = prefill(body, ids, mask)  # [P, V]
     options = SamplingOptions(do_sample=True, temperature=1.3)
     state = start_state(body, prompts, 1, steps, options, eos_ids=[-1], pad_id=tok.pad_token_id)
-    decoded = [first] + [decode_step(body, state, options).clone() for _ in range(steps - 1)]  # steps x [P, V]
-    rows = [p + row for p, row in zip(prompts, state.tokens.tolist(), strict=True)]
+    decoded = [first]
+    for t in range(1, steps):
+        state.at_step(t)
+        decoded.append(decode_step(body, state, options).clone())  # steps x [P, V]
+    rows = [p + row for p, row in zip(prompts, state.new_tokens.tolist(), strict=True)]
     full = _full_logits(model, rows)
     full64 = _full_logits(copy.deepcopy(model).double(), rows)
     for b, p in enumerate(prompts):
@@ -79,9 +82,9 @@ def test_prefill_and_decode_logits_equal_a_full_forward(tiny, lora, which):
         got = torch.stack([logits[b] for logits in decoded])  # [steps, V] fp32
         assert_close_to_ref(got, full[b][span], full64[b][span], atol=1e-5, name=f"logits of row {b}")
         logp32, logp64 = (
-            (f[b][span] / 1.3).log_softmax(-1).gather(1, state.tokens[b][:, None])[:, 0] for f in (full, full64)
+            (f[b][span] / 1.3).log_softmax(-1).gather(1, state.new_tokens[b][:, None])[:, 0] for f in (full, full64)
         )
-        assert_close_to_ref(state.logps[b], logp32, logp64, atol=1e-5, name=f"log-probs of row {b}")
+        assert_close_to_ref(state.new_logps[b], logp32, logp64, atol=1e-5, name=f"log-probs of row {b}")
 
 
 def test_lora_runs_unmerged_and_matters(lora):
@@ -110,9 +113,9 @@ def test_eos_ends_rows_and_early_exit_equals_running_to_the_end(tiny):
     early = _run(model, tok, prompts, 1, eos)
     late = _run(model, tok, prompts, 10**6, eos)  # never checks: decodes all 40 steps
     assert int(early.step) < 40 and int(late.step) == 40  # the loop did exit early
-    assert torch.equal(early.tokens, late.tokens[:, : early.tokens.shape[1]])
+    assert torch.equal(early.new_tokens, late.new_tokens)  # what the early exit left is padding
     assert bool(early.done.all())
-    for row in late.tokens.tolist():
+    for row in late.new_tokens.tolist():
         end = next(i for i, t in enumerate(row) if t in eos)
         assert all(t == tok.pad_token_id for t in row[end + 1 :])  # nothing after EOS but padding
     out = SAMPLERS["tokrl"]().generate(
@@ -125,15 +128,24 @@ def test_eos_ends_rows_and_early_exit_equals_running_to_the_end(tiny):
 
 
 def test_sampler_switch_resolves_and_refuses(tiny):
-    model, _ = tiny
-    assert resolve_sampler("auto", model).name in SAMPLERS
+    model, tok = tiny
+    assert resolve_sampler("auto", model).name == "tokrl"
     assert resolve_sampler("hf", model).name == "hf"
-    with pytest.raises(ValueError, match="sampler: expected one of auto, hf, tokrl, got 'vllm'"):
+    with pytest.raises(ValueError, match="sampler: expected one of auto, hf, tokrl, tokrl-merged, got 'vllm'"):
         resolve_sampler("vllm", model)
+    unsupported = attention_sinks_model(tok)
+    assert resolve_sampler("auto", unsupported).name == "hf"  # what the engine cannot run falls back
+    with pytest.raises(ValueError, match="sampler: 'tokrl' cannot run GptOssForCausalLM: .*s_aux"):
+        resolve_sampler("tokrl", unsupported)
+
+
+def test_the_engine_serves_any_configured_attention_and_restores_it(tiny):
+    """The engine swaps in its own attention function for its forwards only: a model configured for
+    flash attention (not installed here) samples through the engine, and keeps its setting afterwards."""
+    model, tok = tiny
     model.config._attn_implementation = "flash_attention_2"
     try:
-        assert resolve_sampler("auto", model).name == "hf"  # unsupported attention falls back
-        with pytest.raises(ValueError, match="attention implementation 'flash_attention_2'"):
-            resolve_sampler("tokrl", model)
+        out = generate(model, tok, prompts_with_replay(tok), max_new_tokens=4, do_sample=False, sampler="tokrl")
+        assert out.sampler == "tokrl" and model.config._attn_implementation == "flash_attention_2"
     finally:
         model.config._attn_implementation = "sdpa"

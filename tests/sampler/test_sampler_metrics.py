@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.metrics import sampler_gap_stats
+from tokrl.sampler import cuda_graph
 
 
 def test_gap_stats_on_known_values():
@@ -20,11 +22,15 @@ def test_gap_stats_on_known_values():
     assert set(sampler_gap_stats(None).values()) == {None}
 
 
-@pytest.mark.parametrize(("algorithm", "replay"), [("s-grpo", 0.0), ("t-spmo", 1.0)])
-def test_tokrl_sampler_matches_the_loss_policy_without_dropout(tmp_path, algorithm, replay):
-    """lora_dropout=0, fp32: the sampler's log-probs are the loss's up to rounding, replay prefixes included."""
+@pytest.mark.parametrize(
+    ("algorithm", "replay", "sampler"),
+    [("s-grpo", 0.0, "tokrl"), ("t-spmo", 1.0, "tokrl"), ("s-grpo", 0.0, "tokrl-merged")],
+)
+def test_tokrl_sampler_matches_the_loss_policy_without_dropout(tmp_path, algorithm, replay, sampler):
+    """lora_dropout=0, fp32: the sampler's log-probs are the loss's up to rounding (of the merged weights for
+    tokrl-merged), replay prefixes included."""
     config = small_config(
-        tmp_path, algorithm=algorithm, replay_prob=replay, steps=2, lora_dropout=0.0, sampler="tokrl", eval_size=2
+        tmp_path, algorithm=algorithm, replay_prob=replay, steps=2, lora_dropout=0.0, sampler=sampler, eval_size=2
     )
     trainer = HashRewardTrainer(config)
     trainer.setup()
@@ -56,3 +62,25 @@ def test_dropout_makes_a_gap_and_hf_reports_none(tmp_path):
     hf.setup()
     record = hf.train_step(0)
     assert record["sampler_logp_gap_mean"] is None and not math.isnan(record["gen_seconds"])
+
+
+class _FailingCapture(cuda_graph.CallReplay):
+    def capture(self, step):
+        raise RuntimeError("injected capture failure")
+
+
+@pytest.mark.parametrize(("backend", "share"), [(None, None), (cuda_graph.CallReplay, 1.0), (_FailingCapture, 0.0)])
+def test_sampler_graphed_metric_reports_failed_captures(tmp_path, monkeypatch, caplog, backend, share):
+    """`sampler_graphed` is the share of decode steps replayed from a graph: None on CPU (no graphs by
+    design), 1.0 when every capture worked, 0.0 with a warning at every step when capture fails."""
+    if backend is not None:
+        monkeypatch.setattr(cuda_graph, "backend_for", lambda device: backend())
+    trainer = HashRewardTrainer(small_config(tmp_path, steps=2, sampler="tokrl"))
+    trainer.setup()
+    for step in range(2):
+        with caplog.at_level(logging.WARNING, logger="tokrl"):
+            caplog.clear()
+            record = trainer.train_step(step)
+        assert record["sampler_graphed"] == share
+        failures = [r for r in caplog.records if "CUDA-graph capture failed" in r.getMessage()]
+        assert bool(failures) == (share == 0.0)  # warned at every step it happens, not once per process

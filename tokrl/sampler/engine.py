@@ -2,22 +2,25 @@
 one token per step with sampling inside the step.
 
 Shapes: P distinct prompts left-padded to L tokens; B = P * G rows (rows p*G .. p*G + G - 1 continue prompt
-p); n = max_new_tokens; C >= L + n cache columns.
+p); R >= B rows decoded (CUDA-graph row buckets add padding rows, done from the start); n = max_new_tokens.
 
-    prefill   model(prompts [P, L], positions over real tokens, causal + padding mask) -> cache [P, .., L],
-              logits of the last column [P, V] (logits_to_keep=1: no [P, L, V] tensor)
-    copy      decode cache rows [B] <- prefill rows p // G, columns [0, L); logits [B, V] likewise
+    prefill   model(prompts [P, L], positions over real tokens, causal + padding mask) -> prompt cache
+              [P, .., L] (kept as computed), logits of the last column [P, V] (logits_to_keep=1)
+    copy      decode cache rows [B] <- prompt rows p // G, columns [0, L) (tokrl/sampler/state.py's arena)
     token 0   choose_tokens(logits [B, V])
-    step t>=1 input token t-1 at column L + t - 1, position len_b + t - 1 -> logits [B, V] -> token t
+    step t>=1 input token t-1 at cache column L + t - 1, position len_b + t - 1 -> logits [R, V] -> token t
 Rows that emitted an EOS are done: their later tokens are the pad id (generate does the same) and are cut
 with the EOS-terminated completion. The loop exits once every row is done (checked on the host every
 `check_every` steps) or after n tokens. Positions count real tokens only (the first real token is position
 0, as in generate), so a left-padded row decodes exactly like the unpadded prompt.
 
-The model runs through its own forward (any transformers causal LM with eager or sdpa attention and no
-sliding-window layers; a peft model runs its LoRA layers unmerged, the base weights untouched). The mask
-is passed prebuilt as an additive [rows, 1, q, C] bias (0 visible, dtype-min hidden) in transformers'
-per-layer-type dict, so no mask is built from the cache and nothing in a step syncs with the host.
+The model runs through its own forward: any transformers causal LM whose attention layers look their
+attention function up by name (tokrl/sampler/attention.py swaps in the engine's for the forward), reading
+the engine's Cache (tokrl/sampler/kv_cache.py), a prebuilt additive 4-D mask [rows, 1, q, C] (0 visible,
+dtype-min hidden) and explicit positions, so nothing in a step syncs with the host. A peft model runs its
+LoRA layers unmerged, with adapter copies in the model's dtype (tokrl/sampler/adapters.py), or with them
+merged into copies of the base weights (`tokrl-merged`, tokrl/sampler/merged.py): the forwards read the
+copies through `torch.func.functional_call`.
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from tokrl.sampler.kv_cache import StaticKVCache
+from tokrl.sampler.adapters import WeightCopies, adapter_copies
+from tokrl.sampler.attention import engine_attention, query_columns
+from tokrl.sampler.kv_cache import DecodeCache, PromptCache
 from tokrl.sampler.rows import left_pad
+from tokrl.sampler.state import Arena, DecodeState, Layout
 from tokrl.sampler.token_sampling import SamplingOptions, choose_tokens
 
-SUPPORTED_ATTENTION = ("eager", "sdpa")
+Overrides = dict[str, torch.Tensor]  # parameter name -> the tensor the forward reads instead
 
 
 def model_body(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,122 +47,78 @@ def model_body(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def unsupported_reason(model: torch.nn.Module) -> str | None:
-    """Why the engine cannot run `model` (None when it can)."""
-    body = model_body(model)
-    config = getattr(body, "config", None)
-    if config is None or not hasattr(body, "get_output_embeddings"):
-        return f"{type(body).__name__} is not a transformers causal LM"
-    if getattr(config, "is_encoder_decoder", False):
-        return "encoder-decoder models are not supported"
-    attention = getattr(config, "_attn_implementation", None) or "eager"
-    if attention not in SUPPORTED_ATTENTION:
-        return f"attention implementation {attention!r} (supported: {', '.join(SUPPORTED_ATTENTION)})"
-    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if kinds != {"full_attention"}:
-        return f"layer types {sorted(kinds)} (only full attention layers are supported, no sliding windows)"
-    if "position_ids" not in inspect.signature(body.forward).parameters:
-        return f"{type(body).__name__}.forward takes no position_ids"
-    return None
-
-
 @functools.cache
-def _forward_names(model_class: type) -> tuple[str, bool]:
+def forward_names(model_class: type) -> tuple[str, bool]:
     """(the forward's cache argument, whether it takes cache_position): transformers >= 5.2x calls the cache
-    `cache` and has no cache_position; earlier 5.x releases use `past_key_values` and, without an explicit
-    cache_position, would ask the cache for its length (a host sync, fatal inside a CUDA-graph capture)."""
+    `cache` and has no cache_position; earlier 5.x releases use `past_key_values` and, for some models,
+    without an explicit cache_position would ask the cache for its length."""
     parameters = inspect.signature(model_class.forward).parameters
     return ("cache" if "cache" in parameters else "past_key_values"), "cache_position" in parameters
 
 
 def forward_logits(
-    body: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, cache: StaticKVCache
+    body: torch.nn.Module,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    bias: torch.Tensor,
+    cache: PromptCache | DecodeCache,
+    overrides: Overrides | None = None,
 ) -> torch.Tensor:
-    """Logits of the last input column [rows, V] for ids/positions [rows, q] and bias [rows, 1, q, C]."""
-    cache_name, takes_cache_position = _forward_names(type(body))
-    extra = {cache_name: cache}
+    """Logits of the last input column [rows, V] for ids/positions [rows, q], bias [rows, 1, q, W] and the
+    cache (which knows the columns [q] the inputs occupy)."""
+    cache_name, takes_cache_position = forward_names(type(body))
+    kwargs = {
+        "input_ids": ids, "position_ids": positions, "attention_mask": bias, "use_cache": True,
+        "logits_to_keep": 1, cache_name: cache,
+    }  # fmt: skip
     if takes_cache_position:
-        extra["cache_position"] = cache.column + torch.arange(ids.shape[1], device=ids.device)  # [q]
-    out = body(
-        input_ids=ids, position_ids=positions, attention_mask={"full_attention": bias}, use_cache=True,
-        logits_to_keep=1, **extra,
-    )  # fmt: skip
+        kwargs["cache_position"] = cache.columns  # [q]
+    with engine_attention(body), query_columns(cache.columns):
+        if overrides:
+            out = torch.func.functional_call(body, overrides, (), kwargs, strict=False)
+        else:
+            out = body(**kwargs)
     return out.logits[:, -1]  # [rows, V]
 
 
 def hidden_bias(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention bias from a boolean visibility mask: 0 where visible, the dtype's min elsewhere
-    (not -inf: a fully hidden pad row then averages zeros instead of producing NaN)."""
+    (not -inf: a fully hidden pad row then averages values instead of producing NaN)."""
     return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
 
 
 @torch.no_grad()
-def prefill(body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[StaticKVCache, torch.Tensor]:
+def prefill(
+    body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, overrides: Overrides | None = None
+) -> tuple[PromptCache, torch.Tensor]:
     """Run the left-padded prompts ids/mask [P, L] once: (their cache, L columns; last logits [P, V])."""
     width = ids.shape[1]
-    dtype = body.get_output_embeddings().weight.dtype
+    dtype = body.get_input_embeddings().weight.dtype
     positions = (mask.cumsum(-1) - 1).clamp_min(0)  # [P, L] real tokens only, as generate counts them
     causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()  # [L, L]
     visible = causal[None] & mask.bool()[:, None, :]  # [P, L, L]: earlier real tokens only
-    cache = StaticKVCache(width, ids.device)
-    logits = forward_logits(body, ids, positions, hidden_bias(visible[:, None], dtype), cache)  # [P, V]
-    cache.advance(width)
+    cache = PromptCache(width, ids.device)
+    logits = forward_logits(body, ids, positions, hidden_bias(visible[:, None], dtype), cache, overrides)  # [P, V]
+    cache.length = width
     return cache, logits
 
 
-@dataclass
-class DecodeState:
-    """Every tensor one decode step reads and writes in place (fixed addresses: a CUDA graph replays them).
-
-    token [R, 1] the last chosen token (the next input); position [R, 1] its position; bias [R, 1, 1, C];
-    tokens [R, n] int64 and logps [R, n] fp32 outputs; step 0-d int64 (the column of tokens to fill);
-    done [R] bool; eos [E] int64; pad 0-d int64. R >= B: rows past B are padding rows, done from the start.
-    """
-
-    cache: StaticKVCache
-    token: torch.Tensor
-    position: torch.Tensor
-    bias: torch.Tensor
-    tokens: torch.Tensor
-    logps: torch.Tensor
-    step: torch.Tensor
-    done: torch.Tensor
-    eos: torch.Tensor
-    pad: torch.Tensor
-
-    def record(self, chosen: torch.Tensor, logp: torch.Tensor) -> None:
-        """Store token `step` (chosen, logp [R]); done rows get the pad id; mark rows that chose an EOS."""
-        chosen = torch.where(self.done, self.pad, chosen)  # [R]
-        self.tokens.index_copy_(1, self.step.view(1), chosen[:, None])  # [R, n]
-        self.logps.index_copy_(1, self.step.view(1), logp[:, None])  # [R, n]
-        self.done.logical_or_((chosen[:, None] == self.eos[None, :]).any(-1))  # [R] (isin may sync on CUDA)
-        self.token.copy_(chosen[:, None])  # [R, 1]
-        self.step.add_(1)
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every buffer a step reads or writes (cache layers included), in a fixed order."""
-        return [
-            *self.cache.keys, *self.cache.values, self.cache.column, self.token, self.position, self.bias,
-            self.tokens, self.logps, self.step, self.done, self.eos, self.pad,
-        ]  # fmt: skip
-
-    def copy_from(self, other: DecodeState) -> None:
-        """Load `other`'s values into this state's buffers (same shapes), keeping this state's addresses."""
-        for mine, theirs in zip(self.tensors(), other.tensors(), strict=True):
-            mine.copy_(theirs)
-
-
-def decode_step(body: torch.nn.Module, state: DecodeState, options: SamplingOptions) -> torch.Tensor:
-    """One token for every row, entirely on the device (this is what a CUDA graph captures); returns the
-    step's logits [R, V] (the model's dtype)."""
-    state.bias.index_fill_(3, state.cache.column.view(1), 0.0)  # the column written now becomes visible
-    logits = forward_logits(body, state.token, state.position, state.bias, state.cache)  # [R, V]
-    state.cache.advance(1)
+@torch.no_grad()
+def decode_step(
+    body: torch.nn.Module, state: DecodeState, options: SamplingOptions, overrides: Overrides | None = None
+) -> torch.Tensor:
+    """One token for every row, entirely on the device (what a CUDA graph captures); `state.at_step` has set
+    the host bookkeeping. Returns the step's logits [R, V] (the model's dtype)."""
+    state.bias.index_fill_(3, state.column, 0.0)  # the column written now becomes visible
+    bias = state.bias[..., : state.cache.window]  # [R, 1, 1, W]
+    logits = forward_logits(body, state.token, state.position, bias, state.cache, overrides)  # [R, V]
+    state.column.add_(1)
     state.position.add_(1)
     state.record(*choose_tokens(logits, options))
     return logits
 
 
+@torch.no_grad()
 def start_state(
     body: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -167,43 +128,53 @@ def start_state(
     eos_ids: Sequence[int],
     pad_id: int,
     rows: int | None = None,
-    capacity: int | None = None,
+    arena: Arena | None = None,
+    overrides: Overrides | None = None,
 ) -> DecodeState:
-    """Prefill the prompts, copy each one's cache to its G rows and choose token 0 (see the module docstring).
-
-    rows / capacity: allocate R >= B rows and C >= L + n columns (the CUDA-graph path buckets both).
-    """
-    head = body.get_output_embeddings().weight  # [V, D]
-    device, dtype = head.device, head.dtype
-    ids, mask = left_pad(prompts, pad_id, device)  # [P, L], [P, L]
-    width, batch = ids.shape[1], len(prompts) * num_generations
-    rows, capacity = rows or batch, capacity or width + max_new_tokens
+    """Prefill the prompts, copy each one's cache to its G rows of `arena` (a fresh one when None) and
+    choose token 0 (see the module docstring). rows: decode R >= B rows (the CUDA-graph path buckets them)."""
+    ids, mask = left_pad(prompts, pad_id, body.get_output_embeddings().weight.device)  # [P, L], [P, L]
+    device, (width, batch) = ids.device, (ids.shape[1], len(prompts) * num_generations)
+    rows = rows or batch
+    prompt_cache, logits = prefill(body, ids, mask, overrides)  # [P, .., L], [P, V]
+    kv_dtype = prompt_cache.layers[0].keys.dtype
+    arena = arena if arena is not None else Arena()
+    need = Layout(rows, width + max_new_tokens - 1, max_new_tokens, tuple(prompt_cache.shapes()), kv_dtype, device)
+    arena.reserve(need)
+    state = arena.state(rows, width, max_new_tokens, eos_ids, pad_id)
     source = torch.arange(len(prompts), device=device).repeat_interleave(num_generations)  # [B] prompt of each row
-    prompt_cache, logits = prefill(body, ids, mask)  # [P, .., L], [P, V]
-    cache = StaticKVCache(capacity, device)
-    cache.allocate_like(prompt_cache, rows)
-    cache.copy_rows_from(prompt_cache, source)
+    state.cache.load_prompts(prompt_cache, source)
     del prompt_cache
-    visible = torch.zeros(rows, capacity, dtype=torch.bool, device=device)  # [R, C]
+    visible = torch.zeros(rows, state.bias.shape[-1], dtype=torch.bool, device=device)  # [R, C]
     visible[:batch, :width] = mask.bool()[source]  # [B, L]
+    state.bias.copy_(hidden_bias(visible[:, None, None, :], kv_dtype))  # [R, 1, 1, C]
     lengths = torch.zeros(rows, dtype=torch.int64, device=device)  # [R]
     lengths[:batch] = mask.sum(-1)[source]  # [B] real prompt tokens of each row
-    state = DecodeState(
-        cache=cache,
-        token=torch.full((rows, 1), pad_id, dtype=torch.int64, device=device),
-        position=lengths[:, None].clone(),  # [R, 1] the position of token 0 when it is fed back
-        bias=hidden_bias(visible[:, None, None, :], dtype),  # [R, 1, 1, C]
-        tokens=torch.full((rows, max_new_tokens), pad_id, dtype=torch.int64, device=device),
-        logps=torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=device),
-        step=torch.zeros((), dtype=torch.int64, device=device),
-        done=torch.arange(rows, device=device) >= batch,  # [R] padding rows are done from the start
-        eos=torch.as_tensor(list(eos_ids), dtype=torch.int64, device=device),
-        pad=torch.tensor(pad_id, dtype=torch.int64, device=device),
-    )
+    state.position.copy_(lengths[:, None])  # [R, 1] the position of token 0 when it is fed back
+    state.token.fill_(pad_id)
+    state.tokens.fill_(pad_id)
+    state.logps.zero_()
+    state.step.zero_()
+    state.done.copy_(torch.arange(rows, device=device) >= batch)  # [R] padding rows are done from the start
+    state.column.fill_(width)
     first = torch.zeros(rows, logits.shape[-1], dtype=torch.float32, device=device)  # [R, V]
     first[:batch] = logits[source].float()  # [B, V]
     state.record(*choose_tokens(first, options))
     return state
+
+
+def decode_until_done(state: DecodeState, max_new_tokens: int, check_every: int, step: Callable[[], object]) -> int:
+    """Run `step` (one decode step writing into `state`) for tokens 1 .. n - 1, leaving early once every row
+    is done; the host looks at `state.done` only every `check_every` steps (each look is a device sync).
+    Returns the number of steps run."""
+    ran = 0
+    for t in range(1, max_new_tokens):
+        if t % check_every == 0 and bool(state.done.all()):
+            break
+        state.at_step(t)
+        step()
+        ran += 1
+    return ran
 
 
 @torch.no_grad()
@@ -216,19 +187,14 @@ def run_eager(
     eos_ids: Sequence[int],
     pad_id: int,
     check_every: int = 1,
+    arena: Arena | None = None,
+    weights: WeightCopies | None = None,
 ) -> DecodeState:
-    """The whole decode loop, step by step in eager mode; returns the final state (tokens [B, n])."""
-    state = start_state(body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id)
-    return decode_until_done(state, max_new_tokens, check_every, lambda: decode_step(body, state, options))
-
-
-def decode_until_done(
-    state: DecodeState, max_new_tokens: int, check_every: int, step: Callable[[], object]
-) -> DecodeState:
-    """Run `step` (one decode step writing into `state`) for tokens 1 .. n - 1, leaving early once every row
-    is done; the host looks at `state.done` only every `check_every` steps (each look is a device sync)."""
-    for t in range(1, max_new_tokens):
-        if t % check_every == 0 and bool(state.done.all()):
-            break
-        step()
+    """The whole decode loop, step by step in eager mode; returns the final state (`new_tokens` [B, n]).
+    weights: what the forwards read instead of the model's parameters (default: `adapter_copies`)."""
+    overrides = (weights if weights is not None else adapter_copies(body)).copies
+    state = start_state(
+        body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id, arena=arena, overrides=overrides
+    )
+    decode_until_done(state, max_new_tokens, check_every, lambda: decode_step(body, state, options, overrides))
     return state

@@ -31,6 +31,8 @@ def hf_generation_config(
 class HFSampler:
     """`model.generate` on the repeated rows."""
 
+    graphed_share = None
+
     def unsupported_reason(self, model: torch.nn.Module) -> str | None:
         return None if callable(getattr(model, "generate", None)) else f"{type(model).__name__} has no generate"
 

@@ -1,15 +1,19 @@
-"""A preallocated key/value cache the model's attention layers write into at one moving column.
+"""The key/value caches the tokrl engine hands to a transformers model's forward (the Cache API it reads).
 
-Per layer l: keys[l], values[l] [B, H_kv, C, D] (C = capacity in tokens), allocated on the first write
-(so head counts, head dims and dtype come from the model itself) or up front with `allocate_like`.
-`column` is a 0-d int64 device tensor: a write of q tokens fills columns column .. column + q - 1 of every
-layer; the engine advances `column` once per forward (`advance`), after all layers have written, so a
-captured CUDA graph replays with fresh columns without any host value changing.
+Two caches, one job each:
+- `PromptCache`: what the prefill of P prompts [P, L] produces. Each layer's keys/values [P, H_kv, L, D] are
+  kept as the forward made them (no copy); the engine then copies them to the decode rows.
+- `DecodeCache`: per layer, views [R, H_kv, C, D] of the sampler's preallocated buffers (tokrl/sampler/
+  arena.py). A forward writes its new columns at `columns` (a device tensor, so a captured CUDA graph replays
+  with fresh columns) and attends over the first `window` columns only: a host integer the engine sets per
+  decode step, rounded up to a bucket, so attention costs what is filled rather than the whole capacity.
 
-The attention layers call `update(key_states, value_states, layer_idx, ...)` (transformers 5.x, whether the
-model names its argument `cache` or `past_key_values`) and attend over all C columns; the engine's additive
-mask hides the columns not written yet. Only that method is used: masks are passed prebuilt, positions
-explicitly, so nothing asks the cache for its length.
+Attention layers call `update(key_states, value_states, layer_idx, ...)` (transformers 5.x, whether the
+forward names its cache argument `cache` or `past_key_values`). Masks come prebuilt (4-D, additive) and
+positions explicitly, so the model never needs a length from the device; the bookkeeping transformers' own
+mask helpers read (`layers`, `is_sliding`, `get_seq_length`, `get_mask_sizes`) is real and answers from host
+integers (no sync). Every layer is a full-attention layer to the cache: sliding windows are applied by the
+engine's attention function (tokrl/sampler/attention.py).
 """
 
 from __future__ import annotations
@@ -17,64 +21,98 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 
-class StaticKVCache(Cache):
-    """Fixed-capacity cache of `capacity` columns (see the module docstring)."""
+class _Layer(CacheLayerMixin):
+    """One layer's keys and values (the Cache API's per-layer object); its cache does the writing."""
 
     is_compileable = True
 
-    def __init__(self, capacity: int, device: torch.device | str) -> None:
-        # Cache.__init__ builds transformers' own layer objects; this cache keeps plain tensors instead.
-        self.capacity = capacity
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.column = torch.zeros((), dtype=torch.int64, device=device)  # 0-d: the next column to write
+    def __init__(self, cache: _EngineCache, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.cache, self.index, self.keys, self.values, self.is_initialized = cache, index, keys, values, True
 
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0] if self.keys else 0
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass  # allocated by the cache
 
-    def allocate_like(self, other: StaticKVCache, batch: int) -> None:
-        """Allocate zeroed layers with `other`'s head counts, head dims and dtype for `batch` rows."""
-        self.keys = [other.keys[0].new_zeros(batch, k.shape[1], self.capacity, k.shape[3]) for k in other.keys]
-        self.values = [other.values[0].new_zeros(batch, v.shape[1], self.capacity, v.shape[3]) for v in other.values]
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):  # noqa: ANN201
+        return self.cache.update(key_states, value_states, self.index)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.cache.window, 0
+
+    def get_seq_length(self) -> int:
+        return self.cache.length
+
+    def get_max_length(self) -> int:
+        return self.keys.shape[2]
+
+
+class _EngineCache(Cache):
+    """Host-side bookkeeping shared by both caches: `length` columns filled before the current forward (what
+    transformers means by the cache's sequence length), attention over `window` columns."""
+
+    def __init__(self) -> None:
+        super().__init__(layers=[])
+        self.length = 0  # columns filled (host int: transformers may ask, and asking must not sync)
+        self.window = 0  # columns attention reads
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.window, 0
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return self.layers[0].get_max_length() if self.layers else -1
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:  # transformers < 5.2x asks under this name
+        return self.get_max_length()
+
+
+class PromptCache(_EngineCache):
+    """The prefill's keys/values [P, H_kv, L, D] per layer, as the model computed them."""
+
+    def __init__(self, width: int, device: torch.device) -> None:
+        super().__init__()
+        self.window = width  # `length` (columns filled before the forward) stays 0 until the prefill is done
+        self.columns = torch.arange(width, device=device)  # [L] the columns the prefill fills
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write key/value states [B, H_kv, q, D] at columns column .. column + q - 1 of layer `layer_idx`;
-        return the layer's whole keys and values [B, H_kv, C, D]."""
-        if layer_idx == len(self.keys):  # first write to this layer: allocate it
-            shape = (key_states.shape[0], key_states.shape[1], self.capacity)
-            self.keys.append(key_states.new_zeros(*shape, key_states.shape[3]))
-            self.values.append(value_states.new_zeros(*shape, value_states.shape[3]))
-        columns = self.column + torch.arange(key_states.shape[2], device=self.column.device)  # [q]
-        self.keys[layer_idx].index_copy_(2, columns, key_states)
-        self.values[layer_idx].index_copy_(2, columns, value_states)
-        return self.keys[layer_idx], self.values[layer_idx]
+        if layer_idx != len(self.layers):
+            raise RuntimeError(f"prefill: layer {layer_idx} wrote out of order (expected {len(self.layers)})")
+        self.layers.append(_Layer(self, layer_idx, key_states, value_states))
+        return key_states, value_states
 
-    def advance(self, tokens: int) -> None:
-        self.column.add_(tokens)
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """(H_kv, D_key, D_value) of every layer: what the decode buffers must hold."""
+        return [(layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[3]) for layer in self.layers]
 
-    def copy_rows_from(self, source: StaticKVCache, rows: torch.Tensor) -> None:
-        """Row b of this cache's first rows.numel() rows, columns [0, source.capacity), becomes row rows[b]
-        of `source` (rows [B'] int64): each prompt's prefill copied to its G completions."""
-        n, width = rows.numel(), source.capacity
-        for mine, theirs in zip(self.keys + self.values, source.keys + source.values, strict=True):
-            mine[:n, :, :width].copy_(theirs.index_select(0, rows))  # [B', H_kv, width, D]
-        self.column.fill_(width)
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.column)
+class DecodeCache(_EngineCache):
+    """Views [R, H_kv, C, D] of preallocated buffers, written at `columns` [q], read over `window` columns."""
 
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
-        return self.capacity
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], columns: torch.Tensor) -> None:
+        super().__init__()
+        self.layers = [_Layer(self, i, k, v) for i, (k, v) in enumerate(zip(keys, values, strict=True))]
+        self.columns = columns  # [1] int64 on the device: the column the next decode step writes
 
-    def __len__(self) -> int:
-        return len(self.keys)
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write key/value states [R, H_kv, q, D] at `columns`; return the layer's first `window` columns."""
+        layer = self.layers[layer_idx]
+        layer.keys.index_copy_(2, self.columns, key_states)  # [R, H_kv, C, D]
+        layer.values.index_copy_(2, self.columns, value_states)
+        return layer.keys[:, :, : self.window], layer.values[:, :, : self.window]  # [R, H_kv, W, D]
 
-    def __repr__(self) -> str:
-        shape = tuple(self.keys[0].shape) if self.keys else None
-        return f"StaticKVCache(layers={len(self.keys)}, shape={shape}, column={int(self.column)})"
+    def load_prompts(self, prompts: PromptCache, source: torch.Tensor) -> None:
+        """Row b (of the first source.numel()) gets prompt source[b]'s L columns (source [B] int64)."""
+        rows, width = source.numel(), prompts.length
+        for mine, theirs in zip(self.layers, prompts.layers, strict=True):
+            mine.keys[:rows, :, :width] = theirs.keys[source]  # [B, H_kv, L, D]
+            mine.values[:rows, :, :width] = theirs.values[source]
+        self.length = width

@@ -7,6 +7,8 @@ softmax(logits / T) (None otherwise). `auto` resolves per model and device (`res
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -21,9 +23,13 @@ AUTO = "auto"
 # generate here (benchmarks/test_generate.py, benchmarks/NOTES.md "Sampler"). CUDA always takes tokrl.
 AUTO_ON_CPU = "tokrl"
 
+logger = logging.getLogger("tokrl")
+_FALLBACK_LOGGED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
 
 class Sampler(Protocol):
     name: str
+    graphed_share: float | None  # share of decode steps replayed from a CUDA graph (None: not applicable)
 
     def unsupported_reason(self, model: torch.nn.Module) -> str | None: ...
 
@@ -51,15 +57,24 @@ def sampler_names() -> list[str]:
 
 def resolve_sampler(name: str, model: torch.nn.Module) -> Sampler:
     """The sampler called `name` for `model`; `auto` = tokrl on CUDA (and on CPU per AUTO_ON_CPU) wherever
-    the tokrl engine supports the model, else hf. An explicit name the model cannot use raises ValueError."""
+    the tokrl engine supports the model, else hf (saying why once per model). An explicit name the model
+    cannot use raises ValueError."""
     if name != AUTO and name not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {', '.join(sampler_names())}, got {name!r}")
     if name == AUTO:
         device = next(model.parameters()).device
         preferred = SAMPLERS["tokrl" if device.type == "cuda" else AUTO_ON_CPU]()
-        return preferred if preferred.unsupported_reason(model) is None else SAMPLERS["hf"]()
+        reason = preferred.unsupported_reason(model)
+        if reason is None:
+            return preferred
+        if model not in _FALLBACK_LOGGED:
+            _FALLBACK_LOGGED.add(model)
+            logger.warning("sampler auto: %s cannot run %s (%s); sampling with hf", preferred.name,
+                           type(model).__name__, reason)  # fmt: skip
+        return SAMPLERS["hf"]()
     sampler = SAMPLERS[name]()
     reason = sampler.unsupported_reason(model)
     if reason is not None:
-        raise ValueError(f"sampler: {name!r} cannot run {type(model).__name__}: {reason}; use --sampler hf")
+        other = "auto" if name != "tokrl" else "hf"  # auto: the fastest sampler that can run the model
+        raise ValueError(f"sampler: {name!r} cannot run {type(model).__name__}: {reason}; use --sampler {other}")
     return sampler
