@@ -28,11 +28,6 @@ from tokrl.models import load_model
 
 PROMPTS = ["3*4=", "12*5=", "7*9=", "21*3=", "8*8=", "2*6="]
 
-# Families the tokrl sampler cannot run before the sampler branch (issue 19 items 1-2) lands: `auto` picks the
-# engine for them and crashes. strict: once that branch is merged they pass, and this set must be emptied.
-AWAITING_SAMPLER = {"llama", "llama-tied", "mistral", "gemma", "phi3", "olmo2", "mixtral", "cohere", "granite", "gpt2"}
-
-
 def hash_reward(completions, **columns):
     """Rewards that differ within a group of a random model's completions (a stable hash of the text)."""
     return [float(zlib.crc32(c.encode()) % 5) for c in completions]
@@ -56,14 +51,7 @@ def _run(family, sampler, dataset, tmp_path):
     return model_dir, result
 
 
-def _case(family, sampler):
-    marks = []
-    if sampler == "auto" and family in AWAITING_SAMPLER:
-        marks.append(pytest.mark.xfail(reason="needs the sampler branch (issue 19 items 1-2)", strict=True))
-    return pytest.param(family, sampler, id=f"{family}-{sampler}", marks=marks)
-
-
-@pytest.mark.parametrize(("family", "sampler"), [_case(f, s) for s in ("hf", "auto") for f in FAMILIES])
+@pytest.mark.parametrize(("family", "sampler"), [(f, s) for s in ("hf", "auto") for f in FAMILIES])
 def test_family_trains_by_path_and_its_adapter_loads_back(family, sampler, dataset, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="tokrl"):
         model_dir, result = _run(family, sampler, dataset, tmp_path)
