@@ -433,7 +433,12 @@ def load_config(
         if not path.is_file():
             raise ValueError(f"config: file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"config: {str(path)!r} is not a text YAML file (byte {err.object[err.start]:#04x} at offset "
+                f"{err.start} is not UTF-8)"
+            ) from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

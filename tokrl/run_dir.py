@@ -90,6 +90,12 @@ class RunPlan:
         for name in RUN_FILES:
             (self.output_dir / name).unlink(missing_ok=True)
 
+    def abandon(self) -> None:
+        """The run failed before it started: remove what it built beside the earlier run (a pending warm start)."""
+        if self.pending_sft is not None:
+            shutil.rmtree(self.pending_sft, ignore_errors=True)
+            self.pending_sft = None
+
     def _commit_sft(self) -> None:
         target = self.output_dir / SFT_DIR
         if target.exists():

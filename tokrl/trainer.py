@@ -174,6 +174,7 @@ class Trainer:
                 self._owns_group = distributed.init(self.device, c.dist_timeout_s) or self._owns_group
                 self._setup()
         except BaseException:
+            self.plan.abandon()
             self.lock.release_and_tidy()  # nothing of this run stays behind, not even the directory it made
             raise
 
