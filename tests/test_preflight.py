@@ -26,7 +26,7 @@ TINY = ["--sft-steps", "2", "--sft-batch-size", "4", "--steps", "1", "--prompts-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--lora-target-modules", "nope_proj"], "lora_target_modules: Target modules {'nope_proj'} not found"),
+        (["--lora-target-modules", "nope_proj"], "lora_target_modules: "),
         (["--lora-target-modules", "lm_head"], "lora_target_modules: refusing to adapt the LM head"),
         (["--max-new-tokens", "2047"], "prompt too long"),
         (["--max-new-tokens", "2048"], "max_new_tokens: 2048 leaves no room for a prompt"),
@@ -37,7 +37,7 @@ def test_model_options_fail_before_the_warm_start_writes(tmp_path, capsys, args,
     out = tmp_path / "new"
     assert main(["train", *TINY, "--output-dir", str(out), *args]) == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and args[-1] in err and "Traceback" not in err
     assert not out.exists()  # no sft/, no lock, not even the folder
 
 

@@ -5,10 +5,10 @@
     tokrl train --config run.yaml --steps 100 --lora-r 8 --output-dir runs/x
     tokrl train --output-dir runs/x --resume      # continue runs/x with its checkpoint's own config
     tokrl train --output-dir runs/x --resume --steps 200   # extend it (tokrl.resume.SAFE_TO_CHANGE)
-    tokrl train --resume runs/x/checkpoint-60     # continue from that checkpoint
+    tokrl train --resume runs/x/checkpoint-60 --output-dir runs/x2   # continue that checkpoint in a new dir
     tokrl train --output-dir runs/x --overwrite   # replace runs/x once the new run has started
-    tokrl eval --model outputs/x/sft --adapter outputs/x/checkpoint-60 --task multiplication \
-        --task-options '{digits_a: 2, digits_b: 1}'
+    tokrl eval --adapter outputs/x/checkpoint-60  # its base model and the run's task settings, from the checkpoint
+    tokrl eval --model tiny --task multiplication --task-options '{digits_a: 2, digits_b: 1}'
     tokrl plot outputs/tiny-multiplication-{t-spmo,s-grpo,grpo} --out curves.png   # needs tokrl[plot]
     tokrl env                                     # versions and devices, for bug reports
 

@@ -31,6 +31,7 @@ from tokrl.atomic import TEMP_FILE_PREFIX, fsync_dir
 from tokrl.checkpoint import CHECKPOINT_RE, checkpoint_dirs
 from tokrl.config import TrainConfig
 from tokrl.metrics import read_metrics_lines
+from tokrl.reporting import TENSORBOARD_DIR, WANDB_RUN_ID_FILE
 from tokrl.resume import (
     check_resume_config,
     check_resume_steps,
@@ -87,8 +88,10 @@ class RunPlan:
         for stale in checkpoint_dirs(self.output_dir):
             logger.warning("--overwrite: removing %s from an earlier run", stale)
             shutil.rmtree(stale)
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, WANDB_RUN_ID_FILE):  # a continued run must not append to the old run's wandb
             (self.output_dir / name).unlink(missing_ok=True)
+        for events in (self.output_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
+            events.unlink()
 
     def abandon(self) -> None:
         """The run failed before it started: remove what it built beside the earlier run (a pending warm start)."""

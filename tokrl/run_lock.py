@@ -150,7 +150,10 @@ class RunLock:
         self._fd = None
 
     def __del__(self) -> None:  # a Trainer dropped without run() (tests, notebooks) must not keep the dir locked
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 (at interpreter exit the modules it needs may be gone; the OS unlocks)
+            pass
 
     def release_and_tidy(self) -> None:
         """Release, and remove output_dir again when acquire created it and nothing else was written there."""

@@ -117,11 +117,23 @@ def train(
     Resuming (`resume=True` or a checkpoint path) from a YAML file or preset starts from the checkpoint's
     config and applies only `overrides`, the file and a named preset; a full TrainConfig is compared as is.
     """
+    _log_to_stderr_if_unconfigured()
     if isinstance(config, TrainConfig):
         config = load_config(preset, base=config, **overrides)
     else:
         config = resume_config(load_config(preset, config, **overrides), preset, config, overrides)
     return Trainer(config).run()
+
+
+def _log_to_stderr_if_unconfigured() -> None:
+    """From Python with logging left unconfigured, show tokrl's progress lines (warm start, evaluations,
+    resume notes) on stderr, as the CLI does; an application's own logging setup is left alone."""
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
 
 
 class Trainer:
@@ -139,7 +151,6 @@ class Trainer:
         self.test_data = self.task.split("test")
         self._check_batch()
         self.plan = plan_run(config, self.output_dir)  # checks output_dir and the resume; deletes nothing
-        self.lock = RunLock(self.output_dir)  # taken in setup (rank 0): one run per output_dir at a time
         if self.launch.is_main:  # a missing TensorBoard / wandb package fails here, before any weights load
             check_reporters(config.report_to)
         self.step = 0
@@ -150,6 +161,7 @@ class Trainer:
         self._threads = torch.get_num_threads()
         self._created = time.perf_counter()
         self._owns_group = False
+        self.lock = RunLock(self.output_dir)  # taken in setup (rank 0): one run per output_dir at a time
 
     # ------------------------------------------------------------------------------------------- setup
 
