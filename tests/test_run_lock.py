@@ -93,3 +93,25 @@ def test_two_processes_started_together_one_wins(tmp_path):
     logged = [json.loads(line) for line in lines]  # every line parses: nothing interleaved
     assert [r["step"] for r in logged if r["kind"] == "train"] == [1, 2]
     assert not (out / LOCK_FILE).exists()
+
+
+def test_without_flock_the_file_is_the_lock_and_a_dead_holder_is_detected(tmp_path, monkeypatch, caplog):
+    import socket
+
+    import tokrl.run_lock as run_lock
+
+    monkeypatch.setattr(run_lock, "fcntl", None)  # as on Windows
+    first = RunLock(tmp_path)
+    first.acquire()
+    with pytest.raises(OutputDirBusyError, match=f"pid {os.getpid()} "):  # a live holder on this host
+        RunLock(tmp_path).acquire()
+    first.release()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(holder))  # left by a process that no longer runs
+    lock = RunLock(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="tokrl"):
+        lock.acquire()
+    assert f"removing the stale lock of pid {holder['pid']}" in caplog.text
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
