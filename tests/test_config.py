@@ -160,3 +160,15 @@ def test_round_trip_through_a_dict():
 def test_output_dir_placeholders():
     config = load_config(output_dir="runs/{task}-{algorithm}-s{seed}", algorithm="grpo", seed=3)
     assert str(config.resolved_output_dir()) == "runs/multiplication-grpo-s3"
+
+
+def test_omp_num_threads_wins_over_the_presets_thread_count(monkeypatch, tmp_path):
+    # The preset's num_threads: 2 overrode OMP_NUM_THREADS (issue 22, README).
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert load_config("tiny-multiplication").num_threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert load_config("tiny-multiplication").num_threads == 0  # torch's default, which reads OMP_NUM_THREADS
+    assert load_config("tiny-multiplication", num_threads=3).num_threads == 3  # an explicit value still wins
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("num_threads: 4\n")
+    assert load_config("tiny-multiplication", config_file).num_threads == 4

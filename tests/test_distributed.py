@@ -185,3 +185,15 @@ def test_launch_env_reads_torchrun_and_accelerate_variables():
     assert (env.rank, env.world_size, env.local_rank, env.is_main) == (3, 4, 1, False)
     with pytest.raises(ValueError, match="RANK=4 is outside WORLD_SIZE=4"):
         launch_env({"WORLD_SIZE": "4", "RANK": "4"})
+
+
+def test_two_processes_share_rank0s_warm_start_also_when_overwrite_rebuilds_it(workdir):
+    # Rank 0 alone writes the warm start (and holds the output dir's lock); the other ranks load the folder it
+    # names, which under --overwrite is a pending one beside the earlier run's until the run has started.
+    out = workdir / "warm"
+    first = torchrun(workdir, out, sft_steps=2, sft_batch_size=4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = torchrun(workdir, out, sft_steps=3, sft_batch_size=4, overwrite="true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "sft" / "sft_config.json").read_text())["settings"]["sft_steps"] == 3
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no lock, nothing pending or stale

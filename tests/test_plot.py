@@ -111,3 +111,37 @@ def test_plot_errors_name_the_problem(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "tokrl plot needs the 'matplotlib' package" in err and "pip install 'tokrl[plot]'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_out_without_suffix_names_the_file_written(tmp_path, capsys):
+    # `--out p/x` printed "wrote p/x" and wrote p/x.png.
+    run = fake_run(tmp_path / "run", "grpo", steps=5)
+    assert main(["plot", str(run), "--out", str(tmp_path / "p" / "x")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'p' / 'x.png'}"
+    assert png_size(tmp_path / "p" / "x.png") == FIGURE_PX
+    assert main(["plot", str(run), "--out", str(tmp_path / "x.gif2")]) == EXIT_CONFIG_ERROR
+    assert "out: unsupported picture format '.gif2'; use one of:" in capsys.readouterr().err
+
+
+def test_lines_that_are_not_records_are_skipped_with_a_warning(tmp_path, capsys, caplog):
+    run = fake_run(tmp_path / "run", "grpo", steps=5)
+    with (run / "metrics.jsonl").open("ab") as f:
+        f.write(b'[1, 2]\n{"step": "x", "kind": "train"}\n\xff\xfe\n')
+    assert main(["plot", str(run), "--out", str(tmp_path / "x.png")]) == 0
+    assert "skipped 3 line(s)" in caplog.text and "(line 8, 9, 10)" in caplog.text
+    assert len(load_run(run).train) == 5
+
+
+def test_unwritable_out_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import matplotlib.figure
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", read_only)
+    run = fake_run(tmp_path / "run", "grpo", steps=5)
+    assert main(["plot", str(run), "--out", str(tmp_path / "x.png")]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert f"out: cannot write {str(tmp_path / 'x.png')!r} (Read-only file system)" in err and "Traceback" not in err

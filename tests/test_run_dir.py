@@ -147,14 +147,17 @@ def test_output_dir_not_writable(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "new").exists()
 
 
-def test_resume_without_a_complete_checkpoint_deletes_nothing(run_copy):
+def test_resume_without_a_complete_checkpoint_is_refused_and_deletes_nothing(run_copy, capsys):
+    # Used to restart from step 0 and rewrite metrics.jsonl (issue 22, "silently wrong" 2).
     out, _ = run_copy
     for checkpoint in ("checkpoint-1", "checkpoint-2"):
         (out / checkpoint / "optimizer.pt").unlink()
     before = snapshot(out)
-    trainer = HashRewardTrainer(small_config(out.parent, algorithm="grpo", resume=True))
-    assert trainer.plan.checkpoint is None
-    trainer.setup()  # starts from step 0; the damaged checkpoints stay for the user to inspect
+    with pytest.raises(ValueError, match=r"resume: no complete checkpoint in .*only incomplete ones: checkpoint-1, "):
+        HashRewardTrainer(small_config(out.parent, algorithm="grpo", resume=True))
+    assert main(["train", "--output-dir", str(out), "--resume"]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert f"resume: no complete checkpoint in {str(out)!r}" in err and "Traceback" not in err
     assert snapshot(out) == before
 
 
@@ -168,7 +171,10 @@ def test_overwrite_rebuilds_a_warm_start_made_with_other_settings(tmp_path):
         sft_stage(changed, trainer.task, trainer.output_dir, trainer.device)
     assert (path / "model.safetensors").read_bytes() == old_weights  # refused: untouched
     messages: list[str] = []
-    sft_stage(changed, trainer.task, trainer.output_dir, trainer.device, log=messages.append, replace=True)
+    pending = sft_stage(changed, trainer.task, trainer.output_dir, trainer.device, log=messages.append, replace=True)
     assert "--overwrite rebuilds it" in messages[0]
+    assert pending != path and (path / "model.safetensors").read_bytes() == old_weights  # not swapped in yet
+    run_dir.RunPlan(trainer.output_dir, pending_sft=pending).clear_earlier_run()  # the new run has started
     assert json.loads((path / "sft_config.json").read_text())["settings"]["sft_steps"] == 3
     assert (path / "model.safetensors").read_bytes() != old_weights
+    assert not pending.exists() and [p.name for p in trainer.output_dir.iterdir()] == ["sft"]

@@ -9,8 +9,11 @@
     trainer_state.json                                step, evaluation so far, run bookkeeping
     algorithm_state.json                              `Algorithm.state_dict()` (T-SPMO's replay buffer)
     config.yaml                                       the resolved TrainConfig
-It is written into a temporary sibling and renamed into place, so a crash never leaves a half checkpoint
-that `latest_checkpoint` would pick up. Only the newest `keep` checkpoints are kept. In a multi-process run
+It is written into a temporary sibling, fsynced and renamed into place, so a crash never leaves a half
+checkpoint that `latest_checkpoint` would pick up; a write that fails (a full disk: torch reports it as
+"unexpected pos", safetensors as an I/O error) is one CheckpointError naming the checkpoint and the
+previous one, which is intact. Only the newest `keep` checkpoints up to the one just written are kept:
+pruning never removes the checkpoint it has just written, nor a newer one. In a multi-process run
 only rank 0 writes (the trainer gathers every rank's RNG state first) and each rank restores its own RNG
 file. `StopSignals` turns SIGINT/SIGTERM into a request the training loop answers with a checkpoint after
 the current step.
@@ -40,6 +43,8 @@ import yaml
 from peft import PeftModel
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
+
+from tokrl.atomic import fsync_dir, fsync_tree
 
 logger = logging.getLogger("tokrl")
 
@@ -130,28 +135,58 @@ def save_checkpoint(
         _write_json(tmp / "trainer_state.json", {**trainer_state, "step": step})
         _write_json(tmp / "algorithm_state.json", algorithm_state)
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        fsync_tree(tmp)
         if final.exists():
             stale = final.with_name(f".stale-{final.name}-{os.getpid()}")
             final.rename(stale)
             shutil.rmtree(stale)
         tmp.rename(final)
-    except OSError as err:
+        fsync_dir(root)
+    except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            previous = latest_checkpoint(root)
-            kept = f"; {previous} is intact" if previous else ""
-            raise CheckpointError(
-                f"no space left on the device while saving {final} ({err.strerror}){kept}; free some space "
-                "(or lower --save-total-limit) and continue with --resume"
-            ) from None
-        raise
+        raise _save_error(root, final, step, err) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep > 0:
-        for old in checkpoint_dirs(root)[:-keep]:
+        older = [p for p in checkpoint_dirs(root) if _step(p) < step]  # never the one just written, nor a newer one
+        for old in older[: max(len(older) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_DISK_WORDS = ("unexpected pos", "no space left", "storagefull", "disk quota")
+
+
+def _disk_full(root: Path, err: BaseException) -> bool:
+    """A failed write looks like a full disk: ENOSPC/EDQUOT anywhere in the chain, torch's or safetensors'
+    wording for a short write, or almost no space left under `root`."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in _FULL_DISK_ERRNOS:
+            return True
+        if any(word in str(cause).lower() for word in _FULL_DISK_WORDS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    try:
+        return shutil.disk_usage(root).free < 2**20
+    except OSError:
+        return False
+
+
+def _save_error(root: Path, final: Path, step: int, err: Exception) -> CheckpointError:
+    previous = [p for p in checkpoint_dirs(root) if _step(p) < step]
+    kept = f"; {previous[-1]} is intact" if previous else ""
+    if _disk_full(root, err):
+        return CheckpointError(
+            f"no space left on the device while saving {final}{kept}; free some space (or lower "
+            "--save-total-limit) and continue with --resume"
+        )
+    cause = (str(err).splitlines() or [""])[0][:200]
+    return CheckpointError(
+        f"could not write {final} ({type(err).__name__}: {cause}){kept}; fix the cause and continue with --resume"
+    )
 
 
 def load_checkpoint(
@@ -178,13 +213,29 @@ def load_checkpoint(
     with _reading(path, rank_file):
         set_rng_state(torch.load(path / rank_file, weights_only=False))
     with _reading(path, "trainer_state.json"):
-        trainer_state = json.loads((path / "trainer_state.json").read_text())
-        step = int(trainer_state["step"])
+        trainer_state = _json_object(path / "trainer_state.json")
+        step = trainer_state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or not isinstance(trainer_state.get("evals", []), list):
+            raise ValueError(f"step {step!r} or evals {trainer_state.get('evals')!r} is not what tokrl writes")
     with _reading(path, "algorithm_state.json"):
-        algorithm_state = json.loads((path / "algorithm_state.json").read_text())
+        algorithm_state = _json_object(path / "algorithm_state.json")
     with _reading(path, "config.yaml"):
         config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     return CheckpointState(step=step, trainer_state=trainer_state, algorithm_state=algorithm_state, config=config)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__} {json.dumps(data)[:40]}")
+    return data
+
+
+@contextlib.contextmanager
+def checkpoint_file(checkpoint: Path, name: str) -> Iterator[None]:
+    """Turn an error while reading (or applying) `checkpoint`/`name` into one CheckpointError naming it."""
+    with _reading(checkpoint, name):
+        yield
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ YAML files: run-level fields by their name, `generation` and `algo` fields by th
 `replay_prob`), `lora` fields with a `lora_` prefix (`lora_r`, `lora_alpha`). Nested YAML (`lora: {r: 8}`)
 is accepted too. The resolved config is written nested (`to_dict`).
 
-Precedence in `load_config`: dataclass defaults < preset < YAML file < overrides.
+Precedence in `load_config`: dataclass defaults < preset < YAML file < overrides. One exception: a preset's
+`num_threads` gives way to OMP_NUM_THREADS in the environment (the user's own setting); then num_threads is 0,
+torch's default, which reads that variable. A YAML file or an override still sets num_threads.
 """
 
 from __future__ import annotations
@@ -104,7 +106,9 @@ class TrainConfig:
         default="auto", metadata={"help": "Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."}
     )
     device: str = field(default="auto", metadata={"help": "Device: auto (cuda when available), cpu, cuda, cuda:1."})
-    num_threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)."})
+    num_threads: int = field(
+        default=0, metadata={"help": "CPU threads for torch (0 = torch's default, which follows OMP_NUM_THREADS)."}
+    )
     seed: int = field(default=0, metadata={"help": "Run seed: data order, sampling, token selection, LoRA init."})
     steps: int = field(default=200, metadata={"help": "RL steps (one rollout batch each)."})
     prompts_per_step: int = field(default=4, metadata={"help": "Prompts per step; the batch is prompts x G."})
@@ -434,12 +438,19 @@ def load_config(
             config = _apply(config, _flatten(PRESETS[preset], f"preset {preset!r}"))
     else:
         config = _apply(TrainConfig(), _flatten(PRESETS[preset or DEFAULT_PRESET], f"preset {preset!r}"))
+        if os.environ.get("OMP_NUM_THREADS", "").strip():
+            config.num_threads = 0  # the environment's thread count wins over a preset's (see the module doc)
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ValueError(f"config: file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"config: {str(path)!r} is not a text YAML file (byte {err.object[err.start]:#04x} at offset "
+                f"{err.start} is not UTF-8)"
+            ) from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -93,15 +93,47 @@ def evaluate(
 def _load(name: str, adapter: str | None, dtype: str | None, device: str) -> tuple[torch.nn.Module, Any]:
     from peft import PeftModel
 
+    from tokrl.eval_defaults import is_adapter_dir
     from tokrl.models import load_model
 
+    if is_adapter_dir(name):
+        raise ValueError(
+            f"model: {name!r} is a LoRA adapter (it holds adapter_config.json and no config.json), not a model; "
+            "pass it as --adapter (its base model is read from it)"
+        )
     if adapter and _missing_local_path(adapter):
         # Fail now, not after the hub's retries for a repository of that name.
         raise FileNotFoundError(f"adapter: {adapter!r} does not exist; pass a checkpoint-N folder of a run")
+    if adapter and Path(adapter).expanduser().is_dir():
+        check_adapter_files(adapter)
     model, tokenizer = load_model(name, dtype=dtype, device=device)
     if adapter:
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except Exception as err:  # noqa: BLE001 (peft, safetensors and torch each raise their own types)
+            cause = " ".join(str(err).split())[:240]
+            raise ValueError(
+                f"adapter: cannot load {adapter!r} onto {name!r} ({type(err).__name__}: {cause}); the adapter is "
+                "damaged, or was trained on another model or with other LoRA settings"
+            ) from err
     return model, tokenizer
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_files(adapter: str) -> None:
+    """A local adapter folder holds a readable adapter_config.json and a non-empty weights file; without this,
+    peft takes a missing weights file for a hub repository and asks the hub for it."""
+    from tokrl.eval_defaults import adapter_base_model
+
+    adapter_base_model(adapter)  # reads adapter_config.json: missing or damaged is one error naming it
+    folder = Path(adapter).expanduser()
+    if not any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in ADAPTER_WEIGHTS):
+        raise FileNotFoundError(
+            f"adapter: {adapter!r} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}, missing or empty); pass "
+            "a complete checkpoint-N folder"
+        )
 
 
 def _missing_local_path(name: str) -> bool:

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from tokrl.atomic import write_lines_atomic
+
 if TYPE_CHECKING:
     from tokrl.reporting import Reporter
 
@@ -60,8 +62,18 @@ def reward_stats(rewards: Sequence[float | None]) -> tuple[float, float]:
     valid = [float(r) for r in rewards if r is not None]
     if not valid:
         return math.nan, math.nan
-    mean = sum(valid) / len(valid)
-    return mean, math.sqrt(sum((r - mean) ** 2 for r in valid) / len(valid))
+    try:
+        mean = sum(valid) / len(valid)
+        std = math.sqrt(sum((r - mean) ** 2 for r in valid) / len(valid))
+        if math.isfinite(mean) and math.isfinite(std):
+            return mean, std
+    except OverflowError:
+        pass
+    # Rewards near the float limit (+-1e308) overflow the plain sums: the same statistics on rewards / scale.
+    scale = max(abs(r) for r in valid)
+    scaled = [r / scale for r in valid]
+    mean = math.fsum(scaled) / len(scaled)
+    return mean * scale, math.sqrt(math.fsum((r - mean) ** 2 for r in scaled) / len(scaled)) * scale
 
 
 _PROC_STATUS = Path("/proc/self/status")
@@ -132,25 +144,63 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _records_until(path: Path, step: int) -> list[str]:
-    """Lines of an existing metrics file whose step is <= `step`."""
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line is not a metrics record; the message names the file, the line and the way out."""
+
+
+def read_metrics_lines(path: Path) -> list[tuple[int, str]]:
+    """(step, line) of every record in an existing metrics file, lines ending in a newline ([] when absent).
+
+    A last line without its newline that does not parse is a write cut short by a crash and is dropped;
+    any other line that is not a JSON object with an integer `step` raises MetricsFileError."""
     if not path.is_file():
         return []
-    kept = []
-    for line in path.read_text().splitlines(keepends=True):
+    raw = path.read_bytes().split(b"\n")
+    unterminated = raw.pop()  # b"" when the file ends with a newline
+    out = []
+    for number, data in enumerate(raw, start=1):
+        if data.strip():
+            out.append((_record_step(path, number, data), data.decode("utf-8") + "\n"))
+    if unterminated.strip():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-    return kept
+            out.append((_record_step(path, len(raw) + 1, unterminated), unterminated.decode("utf-8") + "\n"))
+        except MetricsFileError:
+            pass
+    return out
+
+
+def _record_step(path: Path, number: int, data: bytes) -> int:
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text"
+    except json.JSONDecodeError as err:
+        problem = f"is not valid JSON ({err.msg})"
+    else:
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            return step
+        problem = "is not a metrics record (a JSON object with an integer 'step')"
+    shown = data[:60].decode("utf-8", errors="replace")
+    raise MetricsFileError(
+        f"metrics file {str(path)!r}, line {number} {problem}: {shown!r}; repair or delete that line (the file "
+        "is the run's own log), then run again"
+    )
+
+
+def records_until(path: Path, step: int) -> list[str]:
+    """Lines of an existing metrics file whose step is <= `step` (MetricsFileError for a damaged line)."""
+    return [line for record_step, line in read_metrics_lines(path) if record_step <= step]
 
 
 class MetricsLog:
     """Writes records to `path` and drives an optional progress bar (shown only on a terminal).
 
-    resume_step: 0 starts a fresh file; s > 0 keeps the existing records up to step s (a run resumed from
-    checkpoint-s drops what an interrupted process logged after that checkpoint) and appends.
+    The file is only ever appended to or replaced atomically (tokrl.atomic), so a kill -9 at any moment
+    leaves either the old history or the new one. resume_step: 0 starts a fresh file; s > 0 keeps the
+    records up to step s (a run resumed from checkpoint-s drops what an interrupted process logged after
+    that checkpoint, by an atomic replace) and appends. history: the metrics file those kept records come
+    from when it is another run's (a run continued from another run's checkpoint); default `path` itself.
     enabled: False (ranks other than 0 of a multi-process run) writes nothing and shows no bar.
     reporters: backends that get every written record too (opened with the same resume_step); closed here.
     """
@@ -165,6 +215,7 @@ class MetricsLog:
         progress: bool = True,
         enabled: bool = True,
         reporters: Sequence[Reporter] = (),
+        history: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.enabled = enabled
@@ -172,9 +223,10 @@ class MetricsLog:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = _records_until(self.path, resume_step) if resume_step > 0 else []
-        self._file = self.path.open("w")
-        self._file.writelines(kept)
+        kept = records_until(Path(history or self.path), resume_step) if resume_step > 0 else []
+        if not self.path.is_file() or self.path.read_bytes() != "".join(kept).encode("utf-8"):
+            write_lines_atomic(self.path, kept)
+        self._file = self.path.open("a", encoding="utf-8")
         show = progress and sys.stderr.isatty()
         self._bar = tqdm(total=total, initial=initial, disable=not show, desc="rl", unit="step", dynamic_ncols=True)
 

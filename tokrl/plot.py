@@ -13,6 +13,7 @@ results.json or else the newest checkpoint-*/config.yaml. matplotlib is optional
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any
 import yaml
 
 from tokrl.extras import import_extra
+
+logger = logging.getLogger("tokrl")
 
 FIGURE_PX = (1500, 900)  # width, height of the saved picture in pixels at DPI
 DPI = 100
@@ -83,18 +86,35 @@ def run_label(run_dir: Path) -> str:
     return run_dir.name
 
 
+def _record(line: bytes) -> dict[str, Any] | None:
+    """The metrics record on one line, or None for anything else (a cut-short line, another JSON value)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or isinstance(record.get("step"), bool) or not isinstance(record.get("step"), int):
+        return None
+    return record
+
+
 def load_run(run_dir: str | Path) -> RunCurves:
-    """Read `run_dir`/metrics.jsonl (lines cut short by a crash are skipped) and the run's label."""
+    """Read `run_dir`/metrics.jsonl and the run's label; lines that are not metrics records (cut short by a
+    crash, edited by hand) are skipped with one warning naming them."""
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise FileNotFoundError(f"run_dir: {str(run_dir)!r} has no metrics.jsonl; expected a `tokrl train` output_dir")
-    records = []
-    for line in metrics.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    records, skipped = [], []
+    for number, line in enumerate(metrics.read_bytes().splitlines(), start=1):
+        record = _record(line)
+        if record is not None:
+            records.append(record)
+        elif line.strip():
+            skipped.append(number)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        logger.warning("plot: skipped %d line(s) of %s that are not metrics records (line %s)", len(skipped), metrics,
+                       shown)  # fmt: skip
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     if not train and not evals:
@@ -144,6 +164,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int = 
     """Draw the PANELS of every run into `out` (a PNG of FIGURE_PX pixels; the suffix picks the format).
 
     smooth: moving-average window in steps for the per-step curves; 0 picks `auto_window`, 1 draws them raw.
+    Returns the path written (`out`, with ".png" added when it has no suffix).
     """
     if smooth < 0:
         raise ValueError(f"smooth: must be >= 0 (0 = automatic, 1 = as logged), got {smooth}")
@@ -151,8 +172,16 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int = 
         raise ValueError("run_dirs: expected at least one run directory, got none")
     import_extra("matplotlib", extra="plot", feature="tokrl plot")
     from matplotlib import rcParams
+    from matplotlib.backend_bases import FigureCanvasBase
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
+
+    out = Path(out)
+    if not out.suffix:  # matplotlib would append ".png" itself: name the file that is really written
+        out = out.with_name(out.name + ".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix[1:].lower() not in formats:
+        raise ValueError(f"out: unsupported picture format {out.suffix!r}; use one of: {', '.join(sorted(formats))}")
 
     runs = [load_run(d) for d in run_dirs]
     _unique_labels(runs)
@@ -192,7 +221,6 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int = 
     fig.legend(list(legend.values()), list(legend), loc="outside upper right", ncols=len(legend))
     how = f"trailing moving average over {window} steps (faint: as logged)" if window > 1 else "as logged"
     fig.suptitle(f"tokrl learning curves; per-step panels: {how}", fontsize=13, x=0.02, ha="left")
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
     return out

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from tokrl.atomic import write_text_atomic
 from tokrl.extras import import_extra
 from tokrl.registry import register_in
 
@@ -162,7 +163,7 @@ class WandbReporter(Reporter):
         id_file = self.output_dir / WANDB_RUN_ID_FILE
         run_id = id_file.read_text().strip() if resume_step and id_file.is_file() else uuid.uuid4().hex[:12]
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id + "\n")
+        write_text_atomic(id_file, run_id + "\n")
         self._run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "tokrl"), name=self.output_dir.name, id=run_id,
             resume="allow", dir=str(self.output_dir), config=dict(config),

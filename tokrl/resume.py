@@ -9,17 +9,24 @@ schedule, clipping, algorithm options, warm start, eval_size, ...): a checkpoint
 value would silently mix two experiments, so `check_resume_config` refuses it and says how to proceed.
 A new field is meaning-changing unless it is added here.
 
+How long the run goes on may change, within two limits (`check_resume_steps`): `steps` below the
+checkpoint's step is refused (the run cannot be made shorter than it already is), and so is any change of
+`steps` under a decaying learning-rate schedule (linear, cosine): the schedule's horizon is `steps`, so a
+new value would make the learning rate jump (a sawtooth) instead of continuing the curve.
+
 `tokrl train --output-dir D --resume` (no other flags) uses the checkpoint's config as is:
 `resume_config` rebuilds the config from the checkpoint's config.yaml and applies only what the user
 passed explicitly (flags, --config file, --preset), so preset defaults never count as changes.
 
 A checkpoint is complete when it holds every file `save_checkpoint` writes (`CHECKPOINT_FILES`); saves
 are atomic, so an incomplete one was damaged from outside (a partial copy, a deleted file) and is skipped
-with a warning in favour of the newest complete one.
+with a warning in favour of the newest complete one. `--resume` with no complete checkpoint at all is an
+error naming the folder: it never silently starts a new run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +48,7 @@ SAFE_TO_CHANGE: frozenset[str] = frozenset(
         "save_total_limit",
         "log_every",
         "progress",
+        "report_to",
         "num_threads",
         "dist_timeout_s",
         "device",
@@ -89,13 +97,20 @@ def newest_complete_checkpoint(output_dir: Path) -> Path | None:
 
 
 def checkpoint_to_resume(config: TrainConfig, output_dir: Path) -> Path | None:
-    """The checkpoint `config.resume` asks for: None (not resuming, or nothing to resume in output_dir),
-    the newest complete one in output_dir (resume=True), or the given folder (resume=PATH), which must be
-    complete."""
+    """The checkpoint `config.resume` asks for: None (not resuming), the newest complete one in output_dir
+    (resume=True; ResumeError when there is none), or the given folder (resume=PATH), which must be complete."""
     if config.resume is False:
         return None
     if config.resume is True:
-        return newest_complete_checkpoint(output_dir)
+        checkpoint = newest_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            incomplete = [p.name for p in checkpoint_dirs(output_dir)]
+            found = f" (only incomplete ones: {', '.join(incomplete)})" if incomplete else ""
+            raise ResumeError(
+                f"resume: no complete checkpoint in {str(output_dir)!r}{found}, so there is nothing to continue; "
+                "pass --resume PATH of a checkpoint-N folder, or drop --resume to start a new run"
+            )
+        return checkpoint
     checkpoint = Path(config.resume)
     missing = missing_files(checkpoint) if checkpoint.is_dir() else list(CHECKPOINT_FILES)
     if missing:
@@ -104,6 +119,34 @@ def checkpoint_to_resume(config: TrainConfig, output_dir: Path) -> Path | None:
             "pass a checkpoint-N folder written by tokrl, e.g. the one before it"
         )
     return checkpoint
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a checkpoint was saved at (its trainer_state.json)."""
+    path = checkpoint / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        step = state["step"] if isinstance(state, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"'step' is {step!r}, not a step number")
+        return step
+    except (OSError, ValueError, KeyError) as err:
+        raise ResumeError(f"resume: cannot read {path} ({err}); resume from an earlier checkpoint instead") from None
+
+
+def check_resume_steps(old: TrainConfig, new: TrainConfig, checkpoint: Path, step: int) -> None:
+    """Refuse `steps` below the checkpoint's step, and a new `steps` under a decaying schedule."""
+    if new.steps < step:
+        raise ResumeError(
+            f"steps: {new.steps} is below the step of {checkpoint} ({step}): a resumed run cannot be shorter than "
+            f"it already is; pass --steps {step} or more, or resume an earlier checkpoint"
+        )
+    if new.steps != old.steps and old.lr_scheduler != "constant":
+        raise ResumeError(
+            f"steps: {old.steps} -> {new.steps} would restart the {old.lr_scheduler!r} learning-rate schedule of "
+            f"{checkpoint}, whose decay is planned over {old.steps} steps (the learning rate would jump instead of "
+            f"continuing the curve); resume with --steps {old.steps}, or start a new run with --steps {new.steps}"
+        )
 
 
 def checkpoint_config(checkpoint: Path) -> TrainConfig:
@@ -142,7 +185,7 @@ def check_resume_config(old: TrainConfig, new: TrainConfig, checkpoint: Path, ou
             f"resume: {checkpoint} was trained with a different config; these fields change what the run means: "
             f"{'; '.join(refused)}. To continue that run, drop those flags (`tokrl train --output-dir {output_dir} "
             "--resume` alone uses the checkpoint's config); to start a new run, pick another --output-dir or pass "
-            "--overwrite to replace this one"
+            "--overwrite without --resume to replace this one"
         )
     return [f"{key}: {a!r} -> {b!r}" for key, a, b in changes if key not in ("resume", "overwrite")]
 

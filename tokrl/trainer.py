@@ -23,6 +23,11 @@ prefix and token selection from a generator seeded from (seed, step, j). Samplin
 RNG, seeded from (seed, step) and the rank for one generate call per process, or from (seed, step, j) per
 prompt with `sample_per_prompt` (then N processes sample exactly what one process samples).
 
+Failures: the output directory is locked for the run (tokrl.run_lock); model options are checked before
+anything is written (tokrl.preflight); a run stopped by a reward error, a non-finite loss or a stall saves a
+checkpoint of its last good step first (one process; a reward error on one rank of several cannot be
+saved without the others) and says how to continue it.
+
 Multi-process (torchrun / accelerate launch; see tokrl/distributed.py): prompts_per_step is the global
 batch, each rank rolls out its contiguous slice of the step's prompts, scored groups are gathered so
 every rank's algorithm state and the logged statistics are global, the loss weights use the global
@@ -45,7 +50,8 @@ import torch
 
 from tokrl import distributed
 from tokrl.algorithms import Group, get_algorithm, validate_rewards
-from tokrl.checkpoint import StopSignals, load_checkpoint, rng_state, save_checkpoint
+from tokrl.atomic import write_text_atomic
+from tokrl.checkpoint import StopSignals, checkpoint_file, load_checkpoint, rng_state, save_checkpoint
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.context import check_prompt_lengths
 from tokrl.evaluate import evaluate
@@ -60,6 +66,7 @@ from tokrl.metrics import (
 )
 from tokrl.models import apply_lora, load_model, trainable_parameter_count
 from tokrl.policy_update import PolicyUpdate
+from tokrl.preflight import check_model_options
 from tokrl.reporting import build_reporters, check_reporters
 from tokrl.resume import resume_config
 from tokrl.rollout import (
@@ -70,10 +77,12 @@ from tokrl.rollout import (
     gather_rows,
     sample_groups,
 )
-from tokrl.run_dir import plan_run
+from tokrl.run_dir import SFT_DIR, plan_run
+from tokrl.run_lock import RunLock
 from tokrl.seeding import step_seed, stream_seed
 from tokrl.sft import sft_stage
 from tokrl.tasks import get_task
+from tokrl.tasks.base import RewardError
 
 logger = logging.getLogger("tokrl")
 
@@ -109,11 +118,23 @@ def train(
     Resuming (`resume=True` or a checkpoint path) from a YAML file or preset starts from the checkpoint's
     config and applies only `overrides`, the file and a named preset; a full TrainConfig is compared as is.
     """
+    _log_to_stderr_if_unconfigured()
     if isinstance(config, TrainConfig):
         config = load_config(preset, base=config, **overrides)
     else:
         config = resume_config(load_config(preset, config, **overrides), preset, config, overrides)
     return Trainer(config).run()
+
+
+def _log_to_stderr_if_unconfigured() -> None:
+    """From Python with logging left unconfigured, show tokrl's progress lines (warm start, evaluations,
+    resume notes) on stderr, as the CLI does; an application's own logging setup is left alone."""
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
 
 
 class Trainer:
@@ -142,6 +163,7 @@ class Trainer:
         self._threads = torch.get_num_threads()
         self._created = time.perf_counter()
         self._owns_group = False
+        self.lock = RunLock(self.output_dir)  # taken in setup (rank 0): one run per output_dir at a time
 
     # ------------------------------------------------------------------------------------------- setup
 
@@ -161,30 +183,50 @@ class Trainer:
         c = self.config
         if c.num_threads > 0:
             torch.set_num_threads(c.num_threads)  # process-wide, like any torch thread setting
-        with distributed.report_failures("setup"):
-            self._owns_group = distributed.init(self.device, c.dist_timeout_s) or self._owns_group
-            self._setup()
+        try:
+            with distributed.report_failures("setup"):
+                self._owns_group = distributed.init(self.device, c.dist_timeout_s) or self._owns_group
+                self._setup()
+        except BaseException:
+            self.plan.abandon()
+            self.lock.release_and_tidy()  # nothing of this run stays behind, not even the directory it made
+            raise
+
+    def close(self) -> None:
+        """Let go of the output directory (run() does this when it returns); safe to call twice."""
+        self.lock.release()
 
     def _setup(self) -> None:
         c = self.config
+        checked = check_model_options(c, self.task)  # LoRA targets, prompt lengths: before anything is written
+        if distributed.is_main():
+            self.lock.acquire()
+            self.plan = plan_run(c, self.output_dir)  # again, now that no other run can change the directory
         self.output_dir.mkdir(parents=True, exist_ok=True)
         source = c.model
-        if c.sft_steps > 0:  # rank 0 warms up; the others wait, then find its cached result
+        if c.sft_steps > 0:  # rank 0 warms up (or finds or copies its result); the others get its path
+            warm = None
             if distributed.is_main():
-                sft = sft_stage(c, self.task, self.output_dir, self.device, log=logger.info, replace=c.overwrite)
-                source = str(sft)
-            distributed.barrier()
-            if not distributed.is_main():
-                source = str(sft_stage(c, self.task, self.output_dir, self.device, log=logger.info))
+                warm = sft_stage(
+                    c, self.task, self.output_dir, self.device, log=logger.info, replace=c.overwrite,
+                    reuse_from=self.plan.source_run,
+                )  # fmt: skip
+                if warm != self.output_dir / SFT_DIR:
+                    self.plan.pending_sft = warm  # swapped in by clear_earlier_run, once the run has started
+            source = str(distributed.all_gather_object(warm)[0])
         torch.manual_seed(c.seed)  # LoRA initialisation
         model, self.tokenizer = load_model(source, dtype=c.dtype, device=self.device)
-        check_prompt_lengths(self.task, self.tokenizer, model.config, c.generation.max_new_tokens)
+        if not checked:
+            check_prompt_lengths(self.task, self.tokenizer, model.config, c.generation.max_new_tokens)
         if c.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = c.lora
         self.model = apply_lora(
             model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules
         )
+        if self.plan.pending_sft is not None:  # adapters name the folder the warm start is committed to
+            for peft_config in self.model.peft_config.values():
+                peft_config.base_model_name_or_path = str(self.output_dir / SFT_DIR)
         trainable, total = trainable_parameter_count(self.model)
         logger.info("policy %s: %d trainable of %d parameters on %s", source, trainable, total, self.device)
         self.update = PolicyUpdate(self.model, c, self.tokenizer.pad_token_id, self.device, save=self.save)
@@ -204,7 +246,8 @@ class Trainer:
             scheduler=self.update.scheduler,
             rank=distributed.rank(),
         )
-        self.algorithm.load_state_dict(loaded.algorithm_state)
+        with checkpoint_file(checkpoint, "algorithm_state.json"):
+            self.algorithm.load_state_dict(loaded.algorithm_state)
         self.step = loaded.step
         self.state.update({k: v for k, v in loaded.trainer_state.items() if k != "step"})
         if distributed.is_main():
@@ -340,8 +383,35 @@ class Trainer:
         distributed.barrier()  # no rank reads or moves on before the checkpoint is in place
         return path
 
-    def _log_eval(self, log: MetricsLog, when: str) -> float:
-        result = self.evaluate()
+    def _finished_eval(self) -> float | None:
+        """The "after" accuracy of a resumed run that had already finished at this step, else None."""
+        done = [e for e in self.state["evals"] if e.get("when") == "after" and e.get("step") == self.step]
+        if not done or self.step < self.config.steps:
+            return None
+        logger.info("the run had already finished at step %d: nothing to train or evaluate", self.step)
+        return done[-1]["accuracy"]
+
+    def _saved_failure(self, err: Exception, start: float, where: str) -> Exception:
+        """`err` with the step and how to continue, after saving the last good step (one process only: on one
+        rank of several a local failure cannot join the collective save)."""
+        where = f" {where}" if where else ""
+        if self.launch.world_size > 1:
+            return type(err)(f"{err}{where}; continue from the last checkpoint (--save-every) with --resume")
+        if self.step == 0:
+            return type(err)(f"{err}{where}; no step had been trained, so there is nothing to continue")
+        path = self._save_timed(start)
+        return type(err)(
+            f"{err}{where}; the last good step is saved in {path}: fix the cause, then continue with "
+            f"`tokrl train --output-dir {self.output_dir} --resume`"
+        )
+
+    def _log_eval(self, log: MetricsLog, when: str, start: float | None = None) -> float:
+        try:
+            result = self.evaluate()
+        except RewardError as err:
+            if start is None or when == "before":
+                raise type(err)(f"{err} (evaluation {when} training)") from err
+            raise self._saved_failure(err, start, f"in the evaluation {when} step {self.step}") from err
         record = {"kind": "eval", "step": self.step, "when": when, **result}
         self.state["evals"].append({k: record[k] for k in ("step", "when", "accuracy", "n")})
         log.write(record)
@@ -359,6 +429,7 @@ class Trainer:
             with distributed.report_failures(f"training (step {self.step + 1})"):
                 return self._loop(start)
         finally:
+            self.close()
             torch.set_num_threads(self._threads)  # setup may have changed it for this run only
             if self._owns_group:
                 distributed.destroy()
@@ -374,26 +445,36 @@ class Trainer:
         )
         log = MetricsLog(
             self.output_dir / METRICS_FILE, total=c.steps, initial=self.step, resume_step=self.step,
-            progress=c.progress, enabled=main, reporters=reporters,
+            progress=c.progress, enabled=main, reporters=reporters, history=self.plan.metrics_history,
         )  # fmt: skip
+        finished = self._finished_eval()  # a resumed run that had already finished: nothing to redo
         with log, StopSignals() as stop:
             if self.state["eval_before"] is None:
-                self.state["eval_before"] = self._log_eval(log, "before")
+                self.state["eval_before"] = self._log_eval(log, "before", start)
             while self.step < c.steps and not self._stop_agreed(stop.requested):
-                last = self.train_step(self.step)
+                try:
+                    last = self.train_step(self.step)
+                except RewardError as err:  # nothing of this step was applied: the last good step is saved
+                    raise self._saved_failure(err, start, f"at step {self.step + 1}") from err
                 self.step += 1
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     log.write(last)
                 log.advance(last)
-                self._watch_progress(last)  # after logging: a stopped run's last step is in metrics.jsonl
+                try:
+                    self._watch_progress(last)  # after logging: a stopped run's last step is in metrics.jsonl
+                except StalledRunError as err:
+                    raise self._saved_failure(err, start, "") from err
                 if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
-                    self._log_eval(log, "periodic")
+                    self._log_eval(log, "periodic", start)
                 if c.save_every and self.step % c.save_every == 0:
                     self._save_timed(start)
                 self._on_step_end()
             interrupted = self.step < c.steps
-            eval_after = None if interrupted else self._log_eval(log, "after")
-        saved_at = self._save_timed(start)  # also after a periodic save: the state now holds eval_after
+            eval_after = finished if finished is not None or interrupted else self._log_eval(log, "after", start)
+        if finished is not None and self.plan.source_run is None:
+            saved_at = self.plan.checkpoint  # already holds this step and its evaluation
+        else:
+            saved_at = self._save_timed(start)  # also after a periodic save: the state now holds eval_after
         result = TrainResult(
             eval_before=self.state["eval_before"], eval_after=eval_after, steps=self.step,
             output_dir=self.output_dir, interrupted=interrupted, wall_time_s=self.state["wall_time_s"],
@@ -449,4 +530,4 @@ class Trainer:
             "wall_time_s": result.wall_time_s,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         }
-        (self.output_dir / RESULTS_FILE).write_text(json.dumps(data, indent=2))
+        write_text_atomic(self.output_dir / RESULTS_FILE, json.dumps(data, indent=2))

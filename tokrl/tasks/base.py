@@ -22,8 +22,9 @@ from tokrl.tasks.conversation import as_assistant_messages, is_conversational, r
 
 
 class RewardError(ValueError, TypeError):
-    """A reward function returned something other than one finite number or None per completion (a
-    ValueError and a TypeError, so callers catching either keep working)."""
+    """A reward function raised, or returned something other than one finite number or None per completion
+    (a ValueError and a TypeError, so callers catching either keep working). When it raised, the user's
+    exception is the __cause__ (shown by `tokrl train --debug`)."""
 
 
 SPLITS = ("train", "test")
@@ -38,6 +39,17 @@ def check_template(template: str) -> str:
     if not isinstance(template, str) or PLACEHOLDER not in template:
         raise ValueError(f"template must be a string containing {PLACEHOLDER!r}, got {template!r}")
     return template
+
+
+def check_prompts(dataset: datasets.Dataset, *, what: str) -> datasets.Dataset:
+    """Every `prompt` must be text or a list of chat messages: name the first row that is neither."""
+    for row, prompt in enumerate(dataset["prompt"]):
+        if not isinstance(prompt, str) and not is_conversational(prompt):
+            raise ValueError(
+                f"{what}: row {row} of column 'prompt' is {prompt!r:.60} (type {type(prompt).__name__}); a prompt must "
+                "be text or a list of chat messages ({'role': ..., 'content': ...})"
+            )
+    return dataset
 
 
 def check_columns(dataset: datasets.Dataset, *, what: str) -> datasets.Dataset:
@@ -114,17 +126,37 @@ class Task(ABC):
         conversational = "prompt" in columns and all(is_conversational(p) for p in columns["prompt"])
         if conversational and all(isinstance(c, str) for c in completions):
             completions = as_assistant_messages(completions)  # TRL's shape for conversational prompts
-        scores = list(self._score(completions, {column: list(values) for column, values in columns.items()}))
+        try:
+            scores = list(self._score(completions, {column: list(values) for column, values in columns.items()}))
+        except RewardError:
+            raise
+        except Exception as err:  # noqa: BLE001 (the user's function: any exception is theirs to fix)
+            raise RewardError(self._raised(err, completions)) from err
         if len(scores) != len(completions):
             raise RewardError(f"{self.reward_name}: returned {len(scores)} rewards for {len(completions)} completions")
         checked: list[float | None] = []
         for score in scores:
             if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real)):
-                raise RewardError(f"{self.reward_name}: rewards must be numbers or None, got {score!r}")
+                raise RewardError(
+                    f"reward function {self.reward_name!r}: rewards must be numbers or None, got {score!r}"
+                )
             if score is not None and not math.isfinite(score):
-                raise RewardError(f"{self.reward_name}: rewards must be finite numbers or None, got {score!r}")
+                raise RewardError(
+                    f"reward function {self.reward_name!r}: rewards must be finite numbers or None, got {score!r}"
+                )
             checked.append(None if score is None else float(score))
         return checked
+
+    def _raised(self, err: Exception, completions: list[Any]) -> str:
+        """One line for an exception the reward function raised (its traceback stays the __cause__)."""
+        cause = (str(err).splitlines() or [""])[0][:200]
+        hint = ""
+        if isinstance(err, AttributeError | TypeError) and completions and not isinstance(completions[0], str):
+            hint = (
+                "; with conversational prompts each completion is a list of messages, "
+                "[{'role': 'assistant', 'content': text}]: read completion[-1]['content']"
+            )
+        return f"reward function {self.reward_name!r} raised {type(err).__name__}: {cause}{hint}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, options={self.options!r})"

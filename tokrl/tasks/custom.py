@@ -23,7 +23,7 @@ from typing import Any
 
 import datasets
 
-from tokrl.tasks.base import RewardError, RewardFn, Task, check_columns
+from tokrl.tasks.base import RewardError, RewardFn, Task, check_columns, check_prompts
 from tokrl.tasks.loading import DatasetSource, describe, load_source, pick_split, seeded_permutation
 from tokrl.tasks.registry import register_task
 from tokrl.tasks.rewards import REWARDS
@@ -131,9 +131,11 @@ class CustomTask(Task):
             test = pick_split(
                 load_source(test_dataset, hint=OFFLINE_HINT), "test", what="custom test_dataset", or_only=True
             )
-        self._data = {"train": check_columns(train, what="custom train split")}
-        if test is not None:
-            self._data["test"] = check_columns(test, what="custom test split")
+        self._data = {"train": train} if test is None else {"train": train, "test": test}
+        for name, data in self._data.items():
+            check_prompts(check_columns(data, what=f"custom {name} split"), what=f"custom {name} split")
+            # A reward argument that is not a column fails now, not at the first evaluation.
+            _reward_kwargs(self.reward_fn, [], {column: [] for column in data.column_names})
         self.options.update(
             dataset=describe(dataset),
             reward=describe(reward),

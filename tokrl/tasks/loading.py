@@ -4,6 +4,8 @@ Local paths are tried before hub ids, so a folder named like "user/data" in the 
 A string that looks like a file path (a data-file suffix, a leading "." "/" or "~", or more than one "/")
 but does not exist is reported as a missing file, never sent to the hub. Hub failures caused by no
 network name the dataset id, say the hub could not be reached, and suggest the offline alternatives.
+A file or folder `datasets` cannot read (not UTF-8, a CSV with an unclosed quote or only a header, a corrupt
+parquet file, a folder of unrelated files) is one ValueError naming it and the reader's own reason.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def load_source(source: DatasetSource, *, hint: str) -> datasets.Dataset | datas
         if builder is None:
             raise ValueError(f"dataset file {str(path)!r}: unsupported suffix; expected one of {sorted(BUILDERS)}")
         check_data_file(path)
-        return datasets.load_dataset(builder, data_files=str(path))
+        return _reading(
+            f"dataset file {str(path)!r}", f"as {builder}", datasets.load_dataset, builder, data_files=str(path)
+        )
     text = os.fspath(source)
     if isinstance(source, os.PathLike) or _looks_like_path(text):
         raise FileNotFoundError(f"dataset path {text!r} does not exist")
@@ -54,9 +58,18 @@ def check_data_file(path: Path) -> None:
         if path.stat().st_size == 0:
             raise ValueError(f"dataset file {str(path)!r} is empty")
         return
-    text = path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"dataset file {str(path)!r}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8"
+        ) from None
     if not text.strip():
         raise ValueError(f"dataset file {str(path)!r} is empty; it needs rows with 'prompt' and 'answer' columns")
+    if BUILDERS[path.suffix.lower()] == "csv" and len([line for line in text.splitlines() if line.strip()]) < 2:
+        raise ValueError(f"dataset file {str(path)!r} has a header but no rows")
     if BUILDERS[path.suffix.lower()] != "json":
         return
     try:
@@ -89,9 +102,29 @@ def _looks_like_path(text: str) -> bool:
 def _load_dir(path: Path) -> datasets.Dataset | datasets.DatasetDict:
     # `save_to_disk` writes state.json (Dataset) or dataset_dict.json (DatasetDict); any other folder is a
     # folder of data files that `load_dataset` can read by convention (train.json, test.csv, ...).
+    what = f"dataset folder {str(path)!r}"
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-        return datasets.load_from_disk(str(path))
-    return datasets.load_dataset(str(path))
+        return _reading(what, "with datasets.load_from_disk", datasets.load_from_disk, str(path))
+    return _reading(
+        what, "as data files (expected files of one format and the same columns, e.g. train.jsonl and test.jsonl)",
+        datasets.load_dataset, str(path),
+    )  # fmt: skip
+
+
+def _reading(what: str, how: str, load: Any, *args: Any, **kwargs: Any) -> Any:
+    """`load(*args, **kwargs)`, with an error `datasets` raises about the data (a wrapper around the reader's
+    own exception) turned into one ValueError naming `what` and the innermost reason."""
+    try:
+        return load(*args, **kwargs)
+    except (ConnectionError, FileNotFoundError):
+        raise
+    except Exception as err:  # noqa: BLE001 (pandas, pyarrow and datasets each raise their own types)
+        cause: BaseException = err
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        lines = [line for line in str(cause).splitlines() if line.strip()] or [type(cause).__name__]
+        reason = (lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else ""))[:300]  # CastError ends with its "because"
+        raise ValueError(f"{what}: cannot be read {how} ({type(cause).__name__}: {reason})") from err
 
 
 def load_hub(dataset_id: str, *, hint: str) -> datasets.DatasetDict:
