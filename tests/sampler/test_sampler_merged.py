@@ -14,7 +14,7 @@ from tests.model_families import build_family_model
 from tests.sampler.helpers import prompts_with_replay, with_lora
 from tests.utils import assert_close_to_ref
 from tokrl.rollout import generate, sample_groups
-from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph, resolve_sampler
+from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph, registry, resolve_sampler
 from tokrl.sampler.merged import merge_reason, merged_weights
 
 
@@ -106,3 +106,16 @@ def test_copies_are_reused_while_the_layers_are():
     again = merged_weights(body)
     assert again is first and {n: c.data_ptr() for n, c in again.copies.items()} == addresses
     assert len(first.copies) == sum("lora_A" in n for n, _ in model.named_parameters())  # one per adapted weight
+
+
+def test_auto_samples_merged_on_cuda_only_where_the_copies_fit():
+    model = with_lora(build_family_model("llama")[0])
+    need = SAMPLERS["tokrl-merged"].copy_bytes(model)
+    adapted = [m.base_layer.weight for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    assert need == sum(w.numel() * w.element_size() for w in adapted) > 0
+    share = registry.MERGED_MAX_SHARE_OF_FREE
+    assert registry.auto_choice(model, free_device_bytes=None) == registry.AUTO_ON_CPU  # CPU: never merged
+    assert registry.auto_choice(model, free_device_bytes=int(need / share) + 1) == "tokrl-merged"
+    assert registry.auto_choice(model, free_device_bytes=int(need / share) - 1) == "tokrl"  # too little memory
+    plain = build_family_model("llama")[0]  # no adapter: nothing to merge
+    assert registry.auto_choice(plain, free_device_bytes=10**12) == "tokrl"

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tokrl.models import DEFAULT_LORA_TARGETS, apply_lora
+from tokrl.config import PAPER_LORA_TARGETS
+from tokrl.models import apply_lora
 from tokrl.sampler.adapters import adapter_copies
 from tokrl.sampler.engine import decode_step, model_body, start_state
 from tokrl.sampler.merged import merged_weights
@@ -31,7 +32,7 @@ def _model(lora: bool) -> torch.nn.Module:
     )  # fmt: skip
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    return (apply_lora(model, r=4, alpha=8, dropout=0.1) if lora else model).eval()
+    return (apply_lora(model, r=4, alpha=8, dropout=0.1, target_modules=PAPER_LORA_TARGETS) if lora else model).eval()
 
 
 def _step_ops(model: torch.nn.Module, overrides: dict | None):
@@ -64,7 +65,7 @@ def test_a_decode_layer_launches_no_more_than_the_model_code(counts):
 
 def test_lora_adds_four_ops_per_adapted_linear_with_model_dtype_adapters(counts):
     base, lora, fp32 = counts["base"], counts["lora"], counts["lora_fp32"]
-    linears = len(DEFAULT_LORA_TARGETS)
+    linears = len(PAPER_LORA_TARGETS)
     assert lora.ops_per_layer - base.ops_per_layer == LORA_OPS_PER_LINEAR * linears, lora.by_name
     assert fp32.ops_per_layer - base.ops_per_layer == FP32_ADAPTER_OPS_PER_LINEAR * linears  # what the copies save
     assert lora.outside_layers == base.outside_layers and lora.syncs == 0

@@ -11,8 +11,9 @@ with the adapters switched off inside the call (peft's `disable_adapter`, as the
 so a decode step runs the base model's kernels only. The trained weights and peft's modules are untouched.
 The policy sampled is the trained one up to the rounding of W'; the sampler's log-probs are that policy's,
 so `sampler_logp_gap_*` measures the difference. The cost is memory: a copy of every adapted weight (for
-Qwen2-1.5B with LoRA on all 7 projections, 1.3 B parameters: 2.6 GB in bf16), so it is opt-in
-(`--sampler tokrl-merged`); `auto` keeps the unmerged engine.
+Qwen2-1.5B with LoRA on all 7 projections, 1.3 B parameters: 2.6 GB in bf16), so `auto` picks it on CUDA
+only where the copies fit in a share of the free memory (`registry.auto_choice`), and on CPU never (an
+explicit `--sampler tokrl-merged` works there too).
 
 It serves peft models whose every tuner layer is a plain LoRA linear (no DoRA or other variant, no LoRA on
 MoE expert parameters, no `modules_to_save` copies: switching adapters off would switch those off too);
@@ -104,6 +105,16 @@ class MergedTokrlSampler(TokrlSampler):
 
     def unsupported_reason(self, model: torch.nn.Module) -> str | None:
         return super().unsupported_reason(model) or merge_reason(model)
+
+    @staticmethod
+    def merge_reason(model: torch.nn.Module) -> str | None:
+        return merge_reason(model)
+
+    @staticmethod
+    def copy_bytes(model: torch.nn.Module) -> int:
+        """Bytes of the merged copies this sampler would hold for `model` (one per adapted base weight)."""
+        weights = [layer.base_layer.weight for _, layer in _tuner_layers(model_body(model))]
+        return sum(w.numel() * w.element_size() for w in weights)
 
     def weights(self, model: torch.nn.Module, body: torch.nn.Module) -> WeightCopies:
         return merged_weights(body)

@@ -20,8 +20,12 @@ from tokrl.sampler.token_sampling import SamplingOptions
 SAMPLERS: dict[str, type] = {}
 AUTO = "auto"
 # What `auto` picks on a CPU for a model both can run: the tiny model measured tokrl at least as fast as HF
-# generate here (benchmarks/test_generate.py, benchmarks/NOTES.md "Sampler"). CUDA always takes tokrl.
+# generate here (benchmarks/test_generate.py, benchmarks/NOTES.md "Sampler").
 AUTO_ON_CPU = "tokrl"
+# On CUDA, `auto` samples a LoRA model merged (`tokrl-merged`: a decode layer launches the base model's 40 ops
+# instead of 68 unmerged, and launches bound a 32-row decode step) when the merged weight copies take at most
+# this share of the device's free memory; otherwise unmerged (`tokrl`), which needs no copies.
+MERGED_MAX_SHARE_OF_FREE = 0.25
 
 logger = logging.getLogger("tokrl")
 _FALLBACK_LOGGED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
@@ -55,15 +59,28 @@ def sampler_names() -> list[str]:
     return [AUTO, *sorted(SAMPLERS)]
 
 
+def auto_choice(model: torch.nn.Module, free_device_bytes: int | None) -> str:
+    """The engine `auto` tries first: AUTO_ON_CPU off CUDA (`free_device_bytes` None); on CUDA `tokrl-merged`
+    where it can serve the model and its copies fit MERGED_MAX_SHARE_OF_FREE of the free memory, else `tokrl`."""
+    if free_device_bytes is None:
+        return AUTO_ON_CPU
+    merged = SAMPLERS.get("tokrl-merged")
+    if merged is not None and merged.merge_reason(model) is None:
+        if merged.copy_bytes(model) <= MERGED_MAX_SHARE_OF_FREE * free_device_bytes:
+            return "tokrl-merged"
+    return "tokrl"
+
+
 def resolve_sampler(name: str, model: torch.nn.Module) -> Sampler:
-    """The sampler called `name` for `model`; `auto` = tokrl on CUDA (and on CPU per AUTO_ON_CPU) wherever
-    the tokrl engine supports the model, else hf (saying why once per model). An explicit name the model
-    cannot use raises ValueError."""
+    """The sampler called `name` for `model`; `auto` = the tokrl engine wherever it supports the model
+    (`auto_choice`: merged or not on CUDA, AUTO_ON_CPU on CPU), else hf (saying why once per model). An
+    explicit name the model cannot use raises ValueError."""
     if name != AUTO and name not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {', '.join(sampler_names())}, got {name!r}")
     if name == AUTO:
         device = next(model.parameters()).device
-        preferred = SAMPLERS["tokrl" if device.type == "cuda" else AUTO_ON_CPU]()
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        preferred = SAMPLERS[auto_choice(model, free)]()
         reason = preferred.unsupported_reason(model)
         if reason is None:
             return preferred
