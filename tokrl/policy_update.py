@@ -31,7 +31,7 @@ from tokrl import distributed
 from tokrl.config import TrainConfig
 from tokrl.metrics import peak_memory_mib, reset_peak_memory
 from tokrl.models import hidden_states, lm_head_weight
-from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch
+from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch, set_training
 from tokrl_kernels import linear_logprob, linear_pg_loss
 
 
@@ -77,7 +77,10 @@ class PolicyUpdate:
     ) -> None:
         self.model, self.config, self.pad_id, self.device, self._save = model, config, pad_id, device, save
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # torch picks the multi-tensor AdamW on CUDA only; on CPU it takes the same values (bit for bit) in a
+        # fraction of the per-parameter loop's time, which at LoRA sizes is mostly Python and op dispatch.
+        foreach = True if device.type == "cpu" else None
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, foreach=foreach)
         total_updates = max(config.steps * config.num_iterations, 1)
         self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
         self.head = lm_head_weight(model)  # [V, D]
@@ -110,25 +113,25 @@ class PolicyUpdate:
         micro = self._micro_batches(prompts, completions, rows)
         for it in range(c.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
+            totals = torch.zeros(4, device=self.device)  # this rank's [loss, clipped rows, kl sum, forward tokens]
             for part in micro:
                 totals += self._loss_backward(part, first_iteration=it == 0)
             summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
-            self._check_finite("loss", summed[0], step)
             max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-            self._check_finite("gradient norm", grad_norm, step)
+            # One read of the device per iteration (a sync on a GPU) for the checks and the statistics. A
+            # non-finite loss is still caught before the optimiser step: clipping only rescaled the gradients.
+            loss, clipped, kl, tokens, norm = torch.cat([summed.float(), grad_norm.reshape(1).float()]).tolist()
+            self._check_finite("loss", loss, step)
+            self._check_finite("gradient norm", norm, step)
             self.optimizer.step()
             self.scheduler.step()
-        self.model.eval()
+        set_training(self.model, False)
         for part in micro:
             self.last_logp[part.keep] = part.old_logp.cpu()
-        stats["loss"] = float(summed[0])
-        stats["grad_norm"] = float(grad_norm)
-        stats["clip_frac"] = float(summed[1]) / selected
-        stats["forward_tokens"] = int(summed[3])
+        stats.update(loss=loss, grad_norm=norm, clip_frac=clipped / selected, forward_tokens=int(tokens))
         if c.beta > 0:
-            stats["kl"] = float(summed[2]) / selected
+            stats["kl"] = kl / selected
         return {**stats, "update_peak_mem_mib": self._peak_mib()}
 
     def _micro_batches(self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows) -> list[_Part]:
@@ -137,16 +140,22 @@ class PolicyUpdate:
         if len(rows) == 0:
             return []
         active, packed_row = torch.unique(rows.row, return_inverse=True)  # [B'], [k]
-        cut = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")
-        lengths = cut + torch.tensor([len(prompts[b]) for b in active.tolist()])  # [B'] forward tokens per row
-        order = torch.argsort(lengths, descending=True, stable=True)  # [B'] longest first
         size = self.config.loss_micro_batch or len(active)
+        chunks: list[torch.Tensor | None] = [None]  # one part holding every row: nothing to order or split
+        if size < len(active):
+            cut = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")
+            lengths = cut + torch.tensor([len(prompts[b]) for b in active.tolist()])  # [B'] forward tokens per row
+            order = torch.argsort(lengths, descending=True, stable=True)  # [B'] longest first
+            chunks = list(order.split(size))
         parts = []
-        for chunk in order.split(size):
-            members = torch.zeros(len(active), dtype=torch.bool)
-            members[chunk] = True
-            keep = members[packed_row].nonzero().squeeze(1)  # [k_j] this part's rows of `rows`
-            part_rows = rows.select(keep)
+        for chunk in chunks:
+            if chunk is None:
+                keep, part_rows = torch.arange(len(rows)), rows  # [k]
+            else:
+                members = torch.zeros(len(active), dtype=torch.bool)
+                members[chunk] = True
+                keep = members[packed_row].nonzero().squeeze(1)  # [k_j] this part's rows of `rows`
+                part_rows = rows.select(keep)
             batch, index = pack_loss_batch(prompts, completions, part_rows, self.pad_id, self.device)
             targets = part_rows.token.to(self.device)  # [k_j]
             ref_logp = self.reference_logp(batch, index, targets) if self.config.beta > 0 else None  # [k_j] | None
@@ -156,7 +165,7 @@ class PolicyUpdate:
     def _loss_backward(self, part: _Part, first_iteration: bool) -> torch.Tensor:
         """Forward, fused loss and backward of one micro-batch; returns its [loss, clipped, kl sum, tokens]."""
         c = self.config
-        self.model.train()  # LoRA dropout is active in the loss forward
+        set_training(self.model, True)  # LoRA dropout is active in the loss forward
         hidden = hidden_states(self.model, part.batch.input_ids, part.batch.attention_mask)  # [b, L, D]
         flat = hidden.reshape(-1, hidden.shape[-1])  # [b * L, D]
         out = linear_pg_loss(
@@ -167,11 +176,12 @@ class PolicyUpdate:
         out.loss.backward()  # a non-finite loss is caught after the gradient sum, before any update
         if first_iteration:
             part.old_logp = out.logp  # [k_j] fp32, detached: pi_old of later iterations
-        delta = part.ref_logp - out.logp if part.ref_logp is not None else torch.zeros(1)  # [k_j]
+        no_ref = torch.zeros(1, device=self.device)
+        delta = part.ref_logp - out.logp if part.ref_logp is not None else no_ref  # [k_j]
         return torch.stack([
-            out.loss.detach().float().cpu(), out.clipped.float().sum().cpu(),
-            (delta.exp() - delta - 1).sum().float().cpu(), part.batch.attention_mask.sum().float().cpu(),
-        ])  # fmt: skip
+            out.loss.detach().float(), out.clipped.float().sum(), (delta.exp() - delta - 1).sum().float(),
+            part.batch.attention_mask.sum().float(),
+        ])  # fmt: skip  # [4] on the device: `apply` reads it once per iteration
 
     def _peak_mib(self) -> float:
         """This update's peak memory, the largest over ranks."""
@@ -180,18 +190,18 @@ class PolicyUpdate:
     @torch.no_grad()
     def reference_logp(self, batch: PackedBatch, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log-probs of the selected tokens under the base model (adapter disabled, eval mode): [k] fp32."""
-        self.model.eval()
+        set_training(self.model, False)
         with self.model.disable_adapter():
             hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
         flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
         temperature = self.config.generation.temperature
         return linear_logprob(flat, self.head, targets, index, temperature=temperature, impl=self.config.impl)
 
-    def _check_finite(self, what: str, value: torch.Tensor, step: int) -> None:
-        if bool(torch.isfinite(value)):
+    def _check_finite(self, what: str, value: float, step: int) -> None:
+        if math.isfinite(value):
             return
         path = self._save()
         raise NonFiniteLossError(
-            f"non-finite {what} ({float(value)}) at step {step + 1}; stopped without applying it. State saved "
+            f"non-finite {what} ({value}) at step {step + 1}; stopped without applying it. State saved "
             f"to {path}. Try a lower --lr, a smaller --max-grad-norm, or --dtype float32; resume with --resume."
         )
