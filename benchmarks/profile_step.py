@@ -1,0 +1,430 @@
+"""CPU profile of one RL step of the embedded default (`tiny-multiplication`), per algorithm, and old vs new.
+
+    python benchmarks/profile_step.py                                  # profile this tree: JSON + Markdown
+    python benchmarks/profile_step.py --compare /work/wt/speed-base    # + step time of this tree vs another
+
+The shape is the preset's (64 prompts x G 8, max_new_tokens 5, LoRA r 16 on 7 projections, 2 threads), and the
+policy starts from the preset's warm start, built once into `--cache-dir` with the preset's settings and seed
+(T-SPMO's selected count depends on the policy, so a random model would not do). Every step runs through
+`Trainer.train_step` and `MetricsLog.write`, as in `tokrl train`; steps are seeded from (seed, step), so every
+run of a tree repeats the same work.
+
+Profile (`--mode profile`, per algorithm, in a subprocess): `--warmup` untimed steps, then `--steps` steps with
+the trainer's functions wrapped by `step_phases.PhaseClock` (exclusive wall time per phase: sampling and its
+parts, prompts/decode, reward, selection, packing, reference log-probs, forward/backward, optimiser, metrics;
+`other` is the trainer's own glue) and counting host reads, then `--profile-steps` steps under
+`torch.profiler` for the aten ops per phase. One checkpoint save and one greedy evaluation are timed apart:
+the preset saves once per run and evaluates twice, so they are not per-step costs.
+
+Comparison (`--compare TREE`): `--rounds` rounds; in each, every algorithm runs `--warmup` + `--steps` plain
+steps (no wrappers) once in this tree and once in TREE, each in its own subprocess with PYTHONPATH=<tree>, the
+order of the two alternating between rounds and algorithms so load on a shared machine hits both alike. The
+ratio is this tree's median step time over TREE's (all timed steps of all rounds pooled).
+
+The worker imports `tokrl` from whatever PYTHONPATH names, so it only uses API both trees have: `load_config`,
+`Trainer(...).setup()`, `train_step`, `save`, `evaluate` and `MetricsLog`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+THIS_TREE = HERE.parent
+ALGORITHMS = ("t-spmo", "s-grpo", "grpo")
+PRESET = "tiny-multiplication"
+RESULT_MARK = "PROFILE_STEP_RESULT "
+TOP_OPS = 8  # aten ops per phase kept in the JSON, by self time
+# (owner, attribute, phase). Owners: a module path, or "trainer.<attr>" / "log" inside the worker. A name a tree
+# lacks is skipped, so the map also serves older or newer trees; sub-phases of the sampler come first.
+PHASES: list[tuple[str, str, str]] = [
+    ("tokrl.sampler.engine", "prefill", "sampling: prefill"),
+    ("tokrl.sampler.engine", "decode_step", "sampling: decode steps"),
+    ("tokrl.sampler.engine", "choose_tokens", "sampling: token choice"),
+    ("tokrl.trainer", "sample_groups", "sampling: rest"),
+    ("tokrl.trainer", "encode_prompts", "prompts, decode"),
+    ("tokrl.trainer", "decode", "prompts, decode"),
+    ("trainer.task", "render_prompt", "prompts, decode"),
+    ("trainer.task", "reward", "reward"),
+    ("tokrl.trainer", "validate_rewards", "reward"),
+    ("trainer.algorithm", "rollout_prefix", "selection"),
+    ("trainer.algorithm", "process_group", "selection"),
+    ("trainer.algorithm", "process_groups", "selection"),
+    ("trainer.algorithm", "observe", "selection"),
+    ("tokrl.trainer", "gather_rows", "packing"),
+    ("tokrl.policy_update.PolicyUpdate", "_micro_batches", "packing"),
+    ("tokrl.policy_update.PolicyUpdate", "reference_logp", "reference log-probs"),
+    ("tokrl.policy_update.PolicyUpdate", "_loss_backward", "forward/backward"),
+    ("trainer.update.optimizer", "step", "optimiser"),
+    ("trainer.update.optimizer", "zero_grad", "optimiser"),
+    ("trainer.update.scheduler", "step", "optimiser"),
+    ("torch.nn.utils", "clip_grad_norm_", "optimiser"),
+    ("tokrl.trainer", "sampler_logp_gaps", "metrics"),
+    ("tokrl.trainer", "sampler_gap_stats", "metrics"),
+    ("tokrl.trainer", "reward_stats", "metrics"),
+    ("tokrl.trainer", "step_metrics", "metrics"),
+    ("tokrl.trainer", "peak_memory_mib", "metrics"),
+    ("tokrl.trainer", "reset_peak_memory", "metrics"),
+    ("tokrl.policy_update.PolicyUpdate", "_peak_mib", "metrics"),
+    ("log", "write", "metrics"),
+]
+PHASE_ORDER = [*dict.fromkeys(phase for _, _, phase in PHASES), "other"]
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+def _resolve(owner: str, trainer: Any, log: Any) -> Any:
+    """The object `owner` names: the worker's MetricsLog, an attribute path of the trainer, a module or a class
+    in a module (None when the tree has no such thing)."""
+    import importlib
+
+    if owner == "log":
+        return log
+    obj, parts = (trainer, owner.split(".")[1:]) if owner.startswith("trainer.") else (None, [])
+    if obj is None:
+        try:
+            return importlib.import_module(owner)
+        except ImportError:
+            module, _, name = owner.rpartition(".")
+            obj, parts = importlib.import_module(module), [name]
+    for part in parts:
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _build_trainer(args: argparse.Namespace, out: Path) -> Any:
+    from tokrl.config import load_config
+    from tokrl.trainer import Trainer
+
+    overrides = {
+        "algorithm": args.algorithm,
+        "model": args.warm_start,
+        "sft_steps": 0,
+        "output_dir": str(out / "run"),
+        "num_threads": args.threads,
+        "progress": False,
+        "overwrite": True,
+        **json.loads(args.overrides),
+    }
+    trainer = Trainer(load_config(PRESET, **overrides))
+    trainer.setup()
+    return trainer
+
+
+def _forward_shape(prompts: list[list[int]], rows: Any, group_size: int) -> tuple[int, int]:
+    """(padded tokens the loss forward runs over, tokens if each group's prompt ran once and its rows continued
+    from it): the second is what a prompt-sharing forward would cost, for the report."""
+    cut: dict[int, int] = {}
+    for b, t in zip(rows.row.tolist(), rows.position.tolist(), strict=True):
+        cut[b] = max(cut.get(b, 0), t)  # inputs: prompt + completion[:last selected position]
+    if not cut:
+        return 0, 0
+    padded = len(cut) * max(len(prompts[b]) + n for b, n in cut.items())
+    groups = {b // group_size: len(prompts[b]) for b in cut}
+    return padded, sum(groups.values()) + sum(cut.values())
+
+
+def _profile(args: argparse.Namespace, trainer: Any, log: Any, step: Any) -> dict[str, Any]:
+    """Phase times and host reads over args.steps steps, then aten ops over args.profile_steps (docstring)."""
+    from step_phases import PhaseClock, ops_per_phase
+    from torch.profiler import ProfilerActivity, profile
+
+    from tokrl.policy_update import PolicyUpdate
+
+    shapes: list[tuple[int, int]] = []
+    real_apply = PolicyUpdate.apply
+
+    def apply(update: Any, prompts: Any, completions: Any, rows: Any, *rest: Any) -> Any:
+        shapes.append(_forward_shape(prompts, rows, trainer.config.generation.num_generations))
+        return real_apply(update, prompts, completions, rows, *rest)
+
+    clock = PhaseClock()
+    patched = [f"{o}.{a}" for o, a, p in PHASES if clock.patch(_resolve(o, trainer, log), a, p)]
+    PolicyUpdate.apply = apply
+    try:
+        with clock.count_host_reads():
+            for i in range(args.warmup, args.warmup + args.steps):
+                step(i)
+        phases = {"wall": dict(clock.seconds), "cpu": dict(clock.cpu_seconds), "reads": dict(clock.host_reads)}
+        first = args.warmup + args.steps
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(first, first + args.profile_steps):
+                step(i)
+    finally:
+        PolicyUpdate.apply = real_apply
+        clock.restore()
+    ops, self_us = ops_per_phase(prof.events())
+    n, m = args.steps, args.profile_steps
+    return {
+        "patched": patched,
+        "phase_s": {p: phases["wall"].get(p, 0.0) / n for p in PHASE_ORDER[:-1]},
+        "phase_cpu_s": {p: phases["cpu"].get(p, 0.0) / n for p in PHASE_ORDER[:-1]},
+        "host_reads_per_step": {p: c / n for p, c in phases["reads"].items()},
+        "ops_per_step": {p: c / m for p, c in ops.items()},
+        "top_ops_ms_per_step": {p: {op: us / 1e3 / m for op, us in t.most_common(TOP_OPS)} for p, t in self_us.items()},
+        "forward_tokens_padded": statistics.fmean(s[0] for s in shapes[:n]) if shapes else 0.0,
+        "forward_tokens_if_prompts_shared": statistics.fmean(s[1] for s in shapes[:n]) if shapes else 0.0,
+    }
+
+
+def _worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One algorithm in this process: plain step times (`--mode time`) or the profile (`--mode profile`)."""
+    import torch
+
+    from tokrl.metrics import MetricsLog
+
+    with tempfile.TemporaryDirectory(prefix="profile-step-") as tmp:
+        trainer = _build_trainer(args, Path(tmp))
+        log = MetricsLog(Path(tmp) / "metrics.jsonl", total=args.warmup + args.steps, progress=False)
+        records: list[dict[str, Any]] = []
+        wall: list[float] = []
+        cpu: list[float] = []
+
+        def step(i: int) -> None:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            record = trainer.train_step(i)
+            log.write(record)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+            records.append(record)
+
+        for i in range(args.warmup):
+            step(i)
+        del wall[:], cpu[:], records[:]
+        out: dict[str, Any] = {"tokrl_file": __import__("tokrl").__file__, "threads": torch.get_num_threads()}
+        if args.mode == "time":
+            for i in range(args.warmup, args.warmup + args.steps):
+                step(i)
+            return {**out, "step_seconds": wall, "step_cpu_seconds": cpu}
+        out.update(_profile(args, trainer, log, step))
+        start = time.perf_counter()
+        trainer.save()
+        out["checkpoint_save_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        trainer.evaluate()
+        out["eval_s"] = time.perf_counter() - start
+        log.close()
+    n = args.steps
+    out.update(
+        step_s_median=statistics.median(wall[:n]),
+        step_s_mean=statistics.fmean(wall[:n]),
+        step_cpu_s_mean=statistics.fmean(cpu[:n]),
+    )
+    out["phase_s"]["other"] = max(out["step_s_mean"] - sum(out["phase_s"].values()), 0.0)
+    out["phase_cpu_s"]["other"] = max(out["step_cpu_s_mean"] - sum(out["phase_cpu_s"].values()), 0.0)
+    keys = ("selected_tokens", "forward_tokens", "completion_len", "reward_mean")
+    out["per_step"] = {k: statistics.fmean(float(r[k]) for r in records[:n] if r.get(k) is not None) for k in keys}
+    out["per_step"].update({k: out.pop(k) for k in ("forward_tokens_padded", "forward_tokens_if_prompts_shared")})
+    return out
+
+
+def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Build (or find) the preset's warm start in args.cache_dir; returns its directory."""
+    import torch
+
+    from tokrl.config import load_config
+    from tokrl.sft import sft_stage
+    from tokrl.tasks import get_task
+
+    config = load_config(PRESET, output_dir=args.cache_dir)
+    torch.set_num_threads(args.threads)
+    task = get_task(config.task, **config.task_options)
+    return {"warm_start": str(sft_stage(config, task, Path(args.cache_dir), torch.device("cpu"), log=print))}
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+
+def _run_worker(tree: Path, mode: str, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """Run this script as a worker with PYTHONPATH=tree; returns the JSON it printed last."""
+    flags = {
+        "mode": mode,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "profile_steps": args.profile_steps,
+        "cache_dir": args.cache_dir,
+        "overrides": args.overrides,
+        **extra,
+    }
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    for key, value in flags.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"worker in {tree} ({mode} {extra}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_MARK) :])
+
+
+def _tree_info(tree: Path) -> dict[str, Any]:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *a], capture_output=True, text=True).stdout.strip()
+
+    return {"path": str(tree), "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def compare(args: argparse.Namespace, warm_start: str, base: Path) -> dict[str, Any]:
+    """Plain step times of this tree and `base`, alternating subprocesses (module docstring)."""
+    trees = {"base": base, "new": THIS_TREE}
+    out: dict[str, Any] = {}
+    for algorithm in args.algorithms:
+        out[algorithm] = {k: {"base": [], "new": []} for k in ("wall", "cpu", "round_wall_medians")}
+    for r in range(args.rounds):
+        for j, algorithm in enumerate(args.algorithms):
+            for name in ("base", "new") if (r + j) % 2 == 0 else ("new", "base"):
+                got = _run_worker(trees[name], "time", args, algorithm=algorithm, warm_start=warm_start)
+                runs = out[algorithm]
+                runs["wall"][name] += got["step_seconds"]
+                runs["cpu"][name] += got["step_cpu_seconds"]
+                runs["round_wall_medians"][name].append(statistics.median(got["step_seconds"]))
+                print(f"round {r + 1} {algorithm} {name}: {statistics.median(got['step_seconds']) * 1e3:.1f} ms")
+    for runs in out.values():
+        for kind in ("wall", "cpu"):
+            base_s, new_s = (statistics.median(runs[kind][k]) for k in ("base", "new"))
+            runs[f"{kind}_median_s"] = {"base": base_s, "new": new_s, "ratio": new_s / base_s}
+        del runs["wall"], runs["cpu"]  # every step's time: large, and the medians say it
+    return {"trees": {k: _tree_info(v) for k, v in trees.items()}, "steps_per_run": args.steps, "algorithms": out}
+
+
+def _ops_reads(profile: dict[str, Any], phase: str) -> str:
+    return f"{profile['ops_per_step'].get(phase, 0):.0f} / {profile['host_reads_per_step'].get(phase, 0):.0f}"
+
+
+def _row(label: str, cells: list[str]) -> str:
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def render(data: dict[str, Any]) -> str:
+    """The Markdown tables of a result JSON: the phase split per algorithm, then the comparison if any."""
+    lines = [f"CPU, `{PRESET}` preset shape, {data['machine']['threads']} torch thread(s), {data['date']}."]
+    profiles = data.get("profiles", {})
+    algos = list(profiles)
+    if algos:
+        lines += [
+            "",
+            "Per step: wall ms (share of the step) / thread CPU ms; top-level aten ops / host reads.",
+            "",
+            _row("phase", [f"{a} ms" for a in algos] + [f"{a} ops / reads" for a in algos]),
+            "|---|" + "---:|" * 2 * len(algos),
+        ]
+        for phase in PHASE_ORDER:
+            times = []
+            for a in algos:
+                wall, cpu = profiles[a]["phase_s"].get(phase, 0.0), profiles[a]["phase_cpu_s"].get(phase, 0.0)
+                times.append(f"{wall * 1e3:.1f} ({wall / profiles[a]['step_s_mean']:.0%}) / {cpu * 1e3:.1f}")
+            counts = [_ops_reads(profiles[a], phase) for a in algos]
+            lines.append(_row(phase, times + counts))
+        totals = [f"**{p['step_s_mean'] * 1e3:.1f}** / {p['step_cpu_s_mean'] * 1e3:.1f}" for p in profiles.values()]
+        counts = [
+            f"{sum(p['ops_per_step'].values()):.0f} / {sum(p['host_reads_per_step'].values()):.0f}"
+            for p in profiles.values()
+        ]
+        lines += [_row("**step**", totals + counts), "", _row("per step", algos), "|---|" + "---:|" * len(algos)]
+        for key in profiles[algos[0]]["per_step"]:
+            lines.append(_row(key, [f"{profiles[a]['per_step'][key]:.4g}" for a in algos]))
+        for key, label in (
+            ("checkpoint_save_s", "checkpoint save (once per run), ms"),
+            ("eval_s", "greedy eval of the test split (twice per run), ms"),
+        ):
+            lines.append(_row(label, [f"{profiles[a][key] * 1e3:.0f}" for a in algos]))
+    comparison = data.get("comparison")
+    if comparison:
+        trees = comparison["trees"]
+        dirty = " + uncommitted changes" if trees["new"]["dirty"] else ""
+        lines += [
+            "",
+            f"Old vs new, alternating subprocesses, {comparison['steps_per_run']} steps per run: base "
+            f"`{trees['base']['commit'][:10]}`, new `{trees['new']['commit'][:10]}`{dirty}.",
+            "",
+            "| algorithm | base ms | new ms | new / base | CPU ms base / new (ratio) | round medians, base / new |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for a, c in comparison["algorithms"].items():
+            wall, cpu = c["wall_median_s"], c["cpu_median_s"]
+            rounds = ", ".join(
+                f"{b * 1e3:.0f} / {n * 1e3:.0f}"
+                for b, n in zip(c["round_wall_medians"]["base"], c["round_wall_medians"]["new"], strict=True)
+            )
+            lines.append(
+                f"| {a} | {wall['base'] * 1e3:.1f} | {wall['new'] * 1e3:.1f} | **{wall['ratio']:.2f}** | "
+                f"{cpu['base'] * 1e3:.1f} / {cpu['new'] * 1e3:.1f} ({cpu['ratio']:.2f}) | {rounds} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the preset's 2)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per profile or comparison run")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps under torch.profiler (ops per phase)")
+    p.add_argument("--rounds", type=int, default=3, help="comparison rounds")
+    p.add_argument("--compare", type=Path, help="another source tree to time against (e.g. a worktree of main)")
+    p.add_argument("--no-profile", action="store_true", help="only the comparison")
+    p.add_argument("--cache-dir", default=str(THIS_TREE / "outputs" / "profile-step"), help="warm start cache")
+    p.add_argument("--overrides", default="{}", help="JSON of extra config overrides (e.g. for a quick test)")
+    stamp = datetime.date.today().isoformat()
+    p.add_argument("--json", type=Path, default=HERE / "results" / f"cpu-{stamp}-profile-step.json")
+    p.add_argument("--md", type=Path, help="Markdown output (default: the JSON path with .md)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=("profile", "time", "prepare"), help=argparse.SUPPRESS)
+    p.add_argument("--algorithm", help=argparse.SUPPRESS)
+    p.add_argument("--warm-start", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        result = {"prepare": _prepare, "profile": _worker, "time": _worker}[args.mode](args)
+        print(RESULT_MARK + json.dumps(result), flush=True)
+        return 0
+    warm_start = _run_worker(THIS_TREE, "prepare", args)["warm_start"]
+    data: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "preset": PRESET,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "load_avg_start": os.getloadavg(),
+        },
+        "settings": {k: getattr(args, k) for k in ("warmup", "steps", "profile_steps", "rounds", "overrides")},
+        "tree": _tree_info(THIS_TREE),
+    }
+    if not args.no_profile:
+        data["profiles"] = {}
+        for algorithm in args.algorithms:
+            data["profiles"][algorithm] = _run_worker(
+                THIS_TREE, "profile", args, algorithm=algorithm, warm_start=warm_start
+            )
+            print(f"profiled {algorithm}: {data['profiles'][algorithm]['step_s_mean'] * 1e3:.1f} ms/step")
+    if args.compare:
+        data["comparison"] = compare(args, warm_start, args.compare.resolve())
+    data["machine"]["load_avg_end"] = os.getloadavg()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    table = render(data)
+    (args.md or args.json.with_suffix(".md")).write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
