@@ -15,6 +15,10 @@ micro-batch runs its own forward, loss on its selected rows and backward, and th
 weights are divided by the whole batch's norm_units before the split, so the summed loss and gradients are
 those of one forward over all rows (up to float rounding and LoRA dropout masks): only the activations of
 m rows are alive at once, which bounds the update's memory by m x the longest row whatever the batch is.
+
+`share_prompts` swaps the packed forward for tokrl/prompt_sharing.py's: each distinct prompt of a micro-batch
+runs once and its rows continue from its keys/values (same values up to float summation order; LoRA dropout
+masks on prompt tokens are then drawn per prompt, not per row).
 """
 
 from __future__ import annotations
@@ -31,8 +35,29 @@ from tokrl import distributed
 from tokrl.config import TrainConfig
 from tokrl.metrics import peak_memory_mib, reset_peak_memory
 from tokrl.models import hidden_states, lm_head_weight
+from tokrl.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason
 from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch, set_training
 from tokrl_kernels import linear_logprob, linear_pg_loss
+
+
+def _packed_hidden(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """The packed forward's final hidden states, flattened: [B' * L, D]."""
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # [B', L, D]
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+@dataclass(frozen=True)
+class _LossForward:
+    """How the loss rows become hidden states: pack(prompts, completions, rows, pad_id, device) -> (batch,
+    flat index [k]); hidden(model, batch) -> flat hidden states [N, D]; tokens(batch) -> 0-d real tokens."""
+
+    pack: Callable[..., tuple[Any, torch.Tensor]]
+    hidden: Callable[[torch.nn.Module, Any], torch.Tensor]
+    tokens: Callable[[Any], torch.Tensor]
+
+
+PACKED = _LossForward(pack_loss_batch, _packed_hidden, lambda batch: batch.attention_mask.sum())
+SHARED_PROMPTS = _LossForward(pack_shared_prompts, shared_prompt_hidden, lambda batch: batch.tokens)
 
 
 @dataclass
@@ -42,7 +67,7 @@ class _Part:
     iteration, its pi_old log-probs [k_j]."""
 
     keep: torch.Tensor
-    batch: PackedBatch
+    batch: PackedBatch | SharedPromptBatch
     index: torch.Tensor
     targets: torch.Tensor
     rows: LossRows
@@ -84,6 +109,12 @@ class PolicyUpdate:
         total_updates = max(config.steps * config.num_iterations, 1)
         self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
         self.head = lm_head_weight(model)  # [V, D]
+        self.forward = PACKED
+        if config.share_prompts:
+            reason = unsupported_reason(model)
+            if reason is not None:
+                raise ValueError(f"share_prompts: {reason}; run without --share-prompts")
+            self.forward = SHARED_PROMPTS
         self.last_logp = torch.zeros(0)  # [k] fp32 CPU: the last apply's first-iteration log-probs of its rows
 
     @property
@@ -156,7 +187,7 @@ class PolicyUpdate:
                 members[chunk] = True
                 keep = members[packed_row].nonzero().squeeze(1)  # [k_j] this part's rows of `rows`
                 part_rows = rows.select(keep)
-            batch, index = pack_loss_batch(prompts, completions, part_rows, self.pad_id, self.device)
+            batch, index = self.forward.pack(prompts, completions, part_rows, self.pad_id, self.device)
             targets = part_rows.token.to(self.device)  # [k_j]
             ref_logp = self.reference_logp(batch, index, targets) if self.config.beta > 0 else None  # [k_j] | None
             parts.append(_Part(keep, batch, index, targets, part_rows, ref_logp))
@@ -166,8 +197,7 @@ class PolicyUpdate:
         """Forward, fused loss and backward of one micro-batch; returns its [loss, clipped, kl sum, tokens]."""
         c = self.config
         set_training(self.model, True)  # LoRA dropout is active in the loss forward
-        hidden = hidden_states(self.model, part.batch.input_ids, part.batch.attention_mask)  # [b, L, D]
-        flat = hidden.reshape(-1, hidden.shape[-1])  # [b * L, D]
+        flat = self.forward.hidden(self.model, part.batch)  # [N, D]: b * L rows packed, fewer with shared prompts
         out = linear_pg_loss(
             flat, self.head, part.targets, part.rows.advantage.to(self.device), part.index, old_logp=part.old_logp,
             ref_logp=part.ref_logp, weights=part.rows.weight.to(self.device), eps_low=c.eps_low, eps_high=c.eps_high,
@@ -180,7 +210,7 @@ class PolicyUpdate:
         delta = part.ref_logp - out.logp if part.ref_logp is not None else no_ref  # [k_j]
         return torch.stack([
             out.loss.detach().float(), out.clipped.float().sum(), (delta.exp() - delta - 1).sum().float(),
-            part.batch.attention_mask.sum().float(),
+            self.forward.tokens(part.batch).float(),
         ])  # fmt: skip  # [4] on the device: `apply` reads it once per iteration
 
     def _peak_mib(self) -> float:
@@ -188,12 +218,13 @@ class PolicyUpdate:
         return float(distributed.all_reduce_max(torch.tensor([peak_memory_mib(self.device)]))[0])
 
     @torch.no_grad()
-    def reference_logp(self, batch: PackedBatch, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def reference_logp(
+        self, batch: PackedBatch | SharedPromptBatch, index: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         """log-probs of the selected tokens under the base model (adapter disabled, eval mode): [k] fp32."""
         set_training(self.model, False)
         with self.model.disable_adapter():
-            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
-        flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
+            flat = self.forward.hidden(self.model, batch)  # [N, D]
         temperature = self.config.generation.temperature
         return linear_logprob(flat, self.head, targets, index, temperature=temperature, impl=self.config.impl)
 
