@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py                                  # profile this tree: JSON + Markdown
     python benchmarks/profile_step.py --compare /work/wt/speed-base    # + step time of this tree vs another
+    python benchmarks/profile_step.py --compare ../base --variant 'shared={"share_prompts": true}' --no-profile
 
 The shape is the preset's (64 prompts x G 8, max_new_tokens 5, LoRA r 16 on 7 projections, 2 threads), and the
 policy starts from the preset's warm start, built once into `--cache-dir` with the preset's settings and seed
@@ -17,9 +18,11 @@ parts, prompts/decode, reward, selection, packing, reference log-probs, forward/
 the preset saves once per run and evaluates twice, so they are not per-step costs.
 
 Comparison (`--compare TREE`): `--rounds` rounds; in each, every algorithm runs `--warmup` + `--steps` plain
-steps (no wrappers) once in this tree and once in TREE, each in its own subprocess with PYTHONPATH=<tree>, the
-order of the two alternating between rounds and algorithms so load on a shared machine hits both alike. The
-ratio is this tree's median step time over TREE's (all timed steps of all rounds pooled).
+steps (no wrappers) once per variant, each in its own subprocess with PYTHONPATH=<its tree>: "base" (TREE),
+"new" (this tree) and any `--variant LABEL=JSON` (this tree with those config overrides, e.g. share_prompts).
+The order of the variants rotates between rounds and algorithms, so load on a shared machine hits them alike.
+Ratios are each variant's median step time over base's (all timed steps of all rounds pooled), in wall time
+and in process CPU time (which grows less when other processes share the cores).
 
 The worker imports `tokrl` from whatever PYTHONPATH names, so it only uses API both trees have: `load_config`,
 `Trainer(...).setup()`, `train_step`, `save`, `evaluate` and `MetricsLog`.
@@ -258,7 +261,7 @@ def _run_worker(tree: Path, mode: str, args: argparse.Namespace, **extra: Any) -
         "cache_dir": args.cache_dir,
         "overrides": args.overrides,
         **extra,
-    }
+    }  # `extra` may replace the overrides (a comparison variant's)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker"]
     for key, value in flags.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
@@ -277,27 +280,40 @@ def _tree_info(tree: Path) -> dict[str, Any]:
     return {"path": str(tree), "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
-def compare(args: argparse.Namespace, warm_start: str, base: Path) -> dict[str, Any]:
-    """Plain step times of this tree and `base`, alternating subprocesses (module docstring)."""
-    trees = {"base": base, "new": THIS_TREE}
-    out: dict[str, Any] = {}
-    for algorithm in args.algorithms:
-        out[algorithm] = {k: {"base": [], "new": []} for k in ("wall", "cpu", "round_wall_medians")}
+def _variants(args: argparse.Namespace) -> dict[str, tuple[Path, str]]:
+    """label -> (source tree, extra config overrides as JSON): base, new, then every --variant of this tree."""
+    variants = {"base": (args.compare.resolve(), "{}"), "new": (THIS_TREE, "{}")}
+    for spec in args.variant:
+        label, _, overrides = spec.partition("=")
+        json.loads(overrides)  # fail here, not in a worker
+        variants[label] = (THIS_TREE, overrides)
+    return variants
+
+
+def compare(args: argparse.Namespace, warm_start: str) -> dict[str, Any]:
+    """Plain step times of every variant, in subprocesses whose order rotates each round (module docstring)."""
+    variants = _variants(args)
+    names = list(variants)
+    out: dict[str, Any] = {a: {k: {n: [] for n in names} for k in ("wall", "cpu", "rounds")} for a in args.algorithms}
     for r in range(args.rounds):
         for j, algorithm in enumerate(args.algorithms):
-            for name in ("base", "new") if (r + j) % 2 == 0 else ("new", "base"):
-                got = _run_worker(trees[name], "time", args, algorithm=algorithm, warm_start=warm_start)
+            shift = (r + j) % len(names)
+            for name in names[shift:] + names[:shift]:
+                tree, overrides = variants[name]
+                got = _run_worker(tree, "time", args, algorithm=algorithm, warm_start=warm_start, overrides=overrides)
                 runs = out[algorithm]
                 runs["wall"][name] += got["step_seconds"]
                 runs["cpu"][name] += got["step_cpu_seconds"]
-                runs["round_wall_medians"][name].append(statistics.median(got["step_seconds"]))
+                runs["rounds"][name].append(statistics.median(got["step_seconds"]))
                 print(f"round {r + 1} {algorithm} {name}: {statistics.median(got['step_seconds']) * 1e3:.1f} ms")
     for runs in out.values():
         for kind in ("wall", "cpu"):
-            base_s, new_s = (statistics.median(runs[kind][k]) for k in ("base", "new"))
-            runs[f"{kind}_median_s"] = {"base": base_s, "new": new_s, "ratio": new_s / base_s}
+            medians = {n: statistics.median(runs[kind][n]) for n in names}
+            runs[f"{kind}_median_s"] = medians
+            runs[f"{kind}_ratio"] = {n: medians[n] / medians["base"] for n in names}
         del runs["wall"], runs["cpu"]  # every step's time: large, and the medians say it
-    return {"trees": {k: _tree_info(v) for k, v in trees.items()}, "steps_per_run": args.steps, "algorithms": out}
+    trees = {name: {**_tree_info(tree), "overrides": json.loads(o)} for name, (tree, o) in variants.items()}
+    return {"variants": trees, "steps_per_run": args.steps, "algorithms": out}
 
 
 def _ops_reads(profile: dict[str, Any], phase: str) -> str:
@@ -343,26 +359,29 @@ def render(data: dict[str, Any]) -> str:
             lines.append(_row(label, [f"{profiles[a][key] * 1e3:.0f}" for a in algos]))
     comparison = data.get("comparison")
     if comparison:
-        trees = comparison["trees"]
-        dirty = " + uncommitted changes" if trees["new"]["dirty"] else ""
+        variants = comparison["variants"]
+        names = list(variants)
+        described = [
+            f"{n}: `{v['commit'][:10]}`{' + uncommitted changes' if v['dirty'] else ''}"
+            + (f" with `{json.dumps(v['overrides'])}`" if v["overrides"] else "")
+            for n, v in variants.items()
+        ]
         lines += [
             "",
-            f"Old vs new, alternating subprocesses, {comparison['steps_per_run']} steps per run: base "
-            f"`{trees['base']['commit'][:10]}`, new `{trees['new']['commit'][:10]}`{dirty}.",
+            f"Step time, subprocesses in rotating order, {comparison['steps_per_run']} steps per run; median wall ms "
+            f"(ratio to base) / median CPU ms (ratio). {'; '.join(described)}.",
             "",
-            "| algorithm | base ms | new ms | new / base | CPU ms base / new (ratio) | round medians, base / new |",
-            "|---|---:|---:|---:|---:|---|",
+            _row("algorithm", names + ["round medians (wall ms)"]),
+            "|---|" + "---:|" * len(names) + "---|",
         ]
         for a, c in comparison["algorithms"].items():
-            wall, cpu = c["wall_median_s"], c["cpu_median_s"]
-            rounds = ", ".join(
-                f"{b * 1e3:.0f} / {n * 1e3:.0f}"
-                for b, n in zip(c["round_wall_medians"]["base"], c["round_wall_medians"]["new"], strict=True)
-            )
-            lines.append(
-                f"| {a} | {wall['base'] * 1e3:.1f} | {wall['new'] * 1e3:.1f} | **{wall['ratio']:.2f}** | "
-                f"{cpu['base'] * 1e3:.1f} / {cpu['new'] * 1e3:.1f} ({cpu['ratio']:.2f}) | {rounds} |"
-            )
+            wall, cpu, wall_ratio, cpu_ratio = c["wall_median_s"], c["cpu_median_s"], c["wall_ratio"], c["cpu_ratio"]
+            cells = [
+                f"{wall[n] * 1e3:.1f} (**{wall_ratio[n]:.2f}**) / {cpu[n] * 1e3:.1f} ({cpu_ratio[n]:.2f})"
+                for n in names
+            ]
+            rounds = "; ".join(f"{n} " + ", ".join(f"{t * 1e3:.0f}" for t in c["rounds"][n]) for n in names)
+            lines.append(_row(a, cells + [rounds]))
     return "\n".join(lines) + "\n"
 
 
@@ -375,6 +394,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-steps", type=int, default=3, help="steps under torch.profiler (ops per phase)")
     p.add_argument("--rounds", type=int, default=3, help="comparison rounds")
     p.add_argument("--compare", type=Path, help="another source tree to time against (e.g. a worktree of main)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="also time this tree with these config overrides, e.g. 'shared={\"share_prompts\": true}'",
+    )
     p.add_argument("--no-profile", action="store_true", help="only the comparison")
     p.add_argument("--cache-dir", default=str(THIS_TREE / "outputs" / "profile-step"), help="warm start cache")
     p.add_argument("--overrides", default="{}", help="JSON of extra config overrides (e.g. for a quick test)")
@@ -416,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"profiled {algorithm}: {data['profiles'][algorithm]['step_s_mean'] * 1e3:.1f} ms/step")
     if args.compare:
-        data["comparison"] = compare(args, warm_start, args.compare.resolve())
+        data["comparison"] = compare(args, warm_start)
     data["machine"]["load_avg_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=2) + "\n")
