@@ -320,8 +320,31 @@ def _ops_reads(profile: dict[str, Any], phase: str) -> str:
     return f"{profile['ops_per_step'].get(phase, 0):.0f} / {profile['host_reads_per_step'].get(phase, 0):.0f}"
 
 
+def _total_ops_reads(profile: dict[str, Any]) -> str:
+    return f"{sum(profile['ops_per_step'].values()):.0f} / {sum(profile['host_reads_per_step'].values()):.0f}"
+
+
 def _row(label: str, cells: list[str]) -> str:
     return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def _render_variant_profiles(variants: dict[str, dict[str, Any]]) -> list[str]:
+    """Per phase and algorithm, each profiled variant's thread CPU ms, then its ops / host reads, side by side."""
+    if not variants:
+        return []
+    labels, algos = list(variants), list(next(iter(variants.values())))
+    lines = ["", f"Per phase, thread CPU ms per step, then top-level aten ops / host reads: {' / '.join(labels)}.", ""]
+    lines += [_row("phase", [f"{a} CPU ms" for a in algos] + [f"{a} ops / reads" for a in algos])]
+    lines += ["|---|" + "---:|" * 2 * len(algos)]
+    for phase in PHASE_ORDER:
+        times = [
+            " / ".join(f"{variants[v][a]['phase_cpu_s'].get(phase, 0.0) * 1e3:.1f}" for v in labels) for a in algos
+        ]
+        counts = [" / ".join(_ops_reads(variants[v][a], phase) for v in labels) for a in algos]
+        lines.append(_row(phase, times + counts))
+    totals = [" / ".join(f"**{variants[v][a]['step_cpu_s_mean'] * 1e3:.1f}**" for v in labels) for a in algos]
+    counts = [" / ".join(_total_ops_reads(variants[v][a]) for v in labels) for a in algos]
+    return [*lines, _row("**step**", totals + counts)]
 
 
 def render(data: dict[str, Any]) -> str:
@@ -345,10 +368,7 @@ def render(data: dict[str, Any]) -> str:
             counts = [_ops_reads(profiles[a], phase) for a in algos]
             lines.append(_row(phase, times + counts))
         totals = [f"**{p['step_s_mean'] * 1e3:.1f}** / {p['step_cpu_s_mean'] * 1e3:.1f}" for p in profiles.values()]
-        counts = [
-            f"{sum(p['ops_per_step'].values()):.0f} / {sum(p['host_reads_per_step'].values()):.0f}"
-            for p in profiles.values()
-        ]
+        counts = [_total_ops_reads(p) for p in profiles.values()]
         lines += [_row("**step**", totals + counts), "", _row("per step", algos), "|---|" + "---:|" * len(algos)]
         for key in profiles[algos[0]]["per_step"]:
             lines.append(_row(key, [f"{profiles[a]['per_step'][key]:.4g}" for a in algos]))
@@ -357,6 +377,7 @@ def render(data: dict[str, Any]) -> str:
             ("eval_s", "greedy eval of the test split (twice per run), ms"),
         ):
             lines.append(_row(label, [f"{profiles[a][key] * 1e3:.0f}" for a in algos]))
+    lines += _render_variant_profiles(data.get("variant_profiles", {}))
     comparison = data.get("comparison")
     if comparison:
         variants = comparison["variants"]
@@ -402,6 +423,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also time this tree with these config overrides, e.g. 'shared={\"share_prompts\": true}'",
     )
     p.add_argument("--no-profile", action="store_true", help="only the comparison")
+    p.add_argument(
+        "--profile-variants",
+        nargs="*",
+        default=[],
+        metavar="LABEL",
+        help="profile these comparison variants too (e.g. base shared), for a per-phase before/after table",
+    )
     p.add_argument("--cache-dir", default=str(THIS_TREE / "outputs" / "profile-step"), help="warm start cache")
     p.add_argument("--overrides", default="{}", help="JSON of extra config overrides (e.g. for a quick test)")
     stamp = datetime.date.today().isoformat()
@@ -435,12 +463,23 @@ def main(argv: list[str] | None = None) -> int:
         "tree": _tree_info(THIS_TREE),
     }
     if not args.no_profile:
-        data["profiles"] = {}
-        for algorithm in args.algorithms:
-            data["profiles"][algorithm] = _run_worker(
-                THIS_TREE, "profile", args, algorithm=algorithm, warm_start=warm_start
-            )
-            print(f"profiled {algorithm}: {data['profiles'][algorithm]['step_s_mean'] * 1e3:.1f} ms/step")
+        variants = _variants(args) if args.compare else {"new": (THIS_TREE, args.overrides)}
+        labels = ["new", *(v for v in args.profile_variants if v != "new")]
+        unknown = [v for v in labels if v not in variants]
+        if unknown:
+            raise SystemExit(f"--profile-variants: {unknown} are not variants (known: {', '.join(variants)})")
+        profiles: dict[str, dict[str, Any]] = {label: {} for label in labels}
+        for label in labels:
+            tree, overrides = variants[label]
+            for algorithm in args.algorithms:
+                got = _run_worker(
+                    tree, "profile", args, algorithm=algorithm, warm_start=warm_start, overrides=overrides
+                )
+                profiles[label][algorithm] = got
+                print(f"profiled {label} {algorithm}: {got['step_s_mean'] * 1e3:.1f} ms/step")
+        data["profiles"] = profiles.pop("new")
+        if profiles:
+            data["variant_profiles"] = {"new": data["profiles"], **profiles}
     if args.compare:
         data["comparison"] = compare(args, warm_start)
     data["machine"]["load_avg_end"] = os.getloadavg()

@@ -6,10 +6,11 @@ the micro-batch packing) is subtracted from the outer one, so the phases of a st
 step, and `other` (the step minus every phase) is the trainer's own glue. Each call also opens a
 `torch.profiler.record_function("phase::<name>")` range, so a profiler trace attributes ops to phases.
 
-Host reads: `count_host_reads()` counts the tensor -> Python conversions (`item`, `tolist`, `bool`, `float`,
-`int`) per phase. On CPU they are cheap; on a GPU each one waits for the device (a sync), which is why they are
-counted. Ops: `ops_per_phase(events)` counts the top-level aten ops (those not called from inside another
-aten op) of a profiler trace, by the nearest enclosing phase range.
+Host reads: `count_host_reads()` counts the tensor -> host conversions (`item`, `tolist`, `bool`, `float`,
+`int`, `cpu`, `numpy`) per phase. On CPU they are cheap; on a GPU each one of a device tensor waits for the
+device (a sync), which is why they are counted. Ops: `ops_per_phase(events)` counts the top-level aten ops
+(those not called from inside another aten op) of a profiler trace, by the nearest enclosing phase range, and
+every aten op's self time.
 
 Patching is for measurement only: the wrappers call the original function with the same arguments, and
 `restore()` puts every original back.
@@ -29,8 +30,8 @@ from torch.profiler import record_function
 
 PHASE_PREFIX = "phase::"
 OTHER = "other"
-# Tensor -> Python conversions: each one is a device sync on a GPU.
-HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+# Tensor -> host conversions: each one waits for the device on a GPU (counted here on whatever device).
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 
 
 class PhaseClock:
