@@ -355,7 +355,8 @@ def render(data: dict[str, Any]) -> str:
     if algos:
         lines += [
             "",
-            "Per step: wall ms (share of the step) / thread CPU ms; top-level aten ops / host reads.",
+            "Per step: wall ms (share of the step) / CPU ms of the main thread (all of the work with one torch "
+            "thread; the step row: the process's); top-level aten ops / host reads.",
             "",
             _row("phase", [f"{a} ms" for a in algos] + [f"{a} ops / reads" for a in algos]),
             "|---|" + "---:|" * 2 * len(algos),
