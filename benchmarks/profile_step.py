@@ -277,7 +277,8 @@ def _tree_info(tree: Path) -> dict[str, Any]:
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(tree), *a], capture_output=True, text=True).stdout.strip()
 
-    return {"path": str(tree), "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))  # new result files are not code changes
+    return {"path": str(tree), "commit": git("rev-parse", "HEAD"), "dirty": dirty}
 
 
 def _variants(args: argparse.Namespace) -> dict[str, tuple[Path, str]]:
