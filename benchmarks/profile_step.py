@@ -38,215 +38,18 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # step_phases, profile_worker: this script's folder, whoever imports it
+
+from profile_worker import PRESET, prepare, worker  # noqa: E402
+from step_phases import PHASE_ORDER  # noqa: E402
+
 THIS_TREE = HERE.parent
 ALGORITHMS = ("t-spmo", "s-grpo", "grpo")
-PRESET = "tiny-multiplication"
 RESULT_MARK = "PROFILE_STEP_RESULT "
-TOP_OPS = 8  # aten ops per phase kept in the JSON, by self time
-# (owner, attribute, phase). Owners: a module path, or "trainer.<attr>" / "log" inside the worker. A name a tree
-# lacks is skipped, so the map also serves older or newer trees; sub-phases of the sampler come first.
-PHASES: list[tuple[str, str, str]] = [
-    ("tokrl.sampler.engine", "prefill", "sampling: prefill"),
-    ("tokrl.sampler.engine", "decode_step", "sampling: decode steps"),
-    ("tokrl.sampler.engine", "choose_tokens", "sampling: token choice"),
-    ("tokrl.trainer", "sample_groups", "sampling: rest"),
-    ("tokrl.trainer", "encode_prompts", "prompts, decode"),
-    ("tokrl.trainer", "decode", "prompts, decode"),
-    ("trainer.task", "render_prompt", "prompts, decode"),
-    ("trainer.task", "reward", "reward"),
-    ("tokrl.trainer", "validate_rewards", "reward"),
-    ("trainer.algorithm", "rollout_prefix", "selection"),
-    ("trainer.algorithm", "process_group", "selection"),
-    ("trainer.algorithm", "process_groups", "selection"),
-    ("trainer.algorithm", "observe", "selection"),
-    ("tokrl.trainer", "gather_rows", "packing"),
-    ("tokrl.policy_update.PolicyUpdate", "_micro_batches", "packing"),
-    ("tokrl.policy_update.PolicyUpdate", "reference_logp", "reference log-probs"),
-    ("tokrl.policy_update.PolicyUpdate", "_loss_backward", "forward/backward"),
-    ("trainer.update.optimizer", "step", "optimiser"),
-    ("trainer.update.optimizer", "zero_grad", "optimiser"),
-    ("trainer.update.scheduler", "step", "optimiser"),
-    ("torch.nn.utils", "clip_grad_norm_", "optimiser"),
-    ("tokrl.trainer", "sampler_logp_gaps", "metrics"),
-    ("tokrl.trainer", "sampler_gap_stats", "metrics"),
-    ("tokrl.trainer", "reward_stats", "metrics"),
-    ("tokrl.trainer", "step_metrics", "metrics"),
-    ("tokrl.trainer", "peak_memory_mib", "metrics"),
-    ("tokrl.trainer", "reset_peak_memory", "metrics"),
-    ("tokrl.policy_update.PolicyUpdate", "_peak_mib", "metrics"),
-    ("log", "write", "metrics"),
-]
-PHASE_ORDER = [*dict.fromkeys(phase for _, _, phase in PHASES), "other"]
-
-
-# ------------------------------------------------------------------------------------------------ worker
-
-
-def _resolve(owner: str, trainer: Any, log: Any) -> Any:
-    """The object `owner` names: the worker's MetricsLog, an attribute path of the trainer, a module or a class
-    in a module (None when the tree has no such thing)."""
-    import importlib
-
-    if owner == "log":
-        return log
-    obj, parts = (trainer, owner.split(".")[1:]) if owner.startswith("trainer.") else (None, [])
-    if obj is None:
-        try:
-            return importlib.import_module(owner)
-        except ImportError:
-            module, _, name = owner.rpartition(".")
-            obj, parts = importlib.import_module(module), [name]
-    for part in parts:
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _build_trainer(args: argparse.Namespace, out: Path) -> Any:
-    from tokrl.config import load_config
-    from tokrl.trainer import Trainer
-
-    overrides = {
-        "algorithm": args.algorithm,
-        "model": args.warm_start,
-        "sft_steps": 0,
-        "output_dir": str(out / "run"),
-        "num_threads": args.threads,
-        "progress": False,
-        "overwrite": True,
-        **json.loads(args.overrides),
-    }
-    trainer = Trainer(load_config(PRESET, **overrides))
-    trainer.setup()
-    return trainer
-
-
-def _forward_shape(prompts: list[list[int]], rows: Any, group_size: int) -> tuple[int, int]:
-    """(padded tokens the loss forward runs over, tokens if each group's prompt ran once and its rows continued
-    from it): the second is what a prompt-sharing forward would cost, for the report."""
-    cut: dict[int, int] = {}
-    for b, t in zip(rows.row.tolist(), rows.position.tolist(), strict=True):
-        cut[b] = max(cut.get(b, 0), t)  # inputs: prompt + completion[:last selected position]
-    if not cut:
-        return 0, 0
-    padded = len(cut) * max(len(prompts[b]) + n for b, n in cut.items())
-    groups = {b // group_size: len(prompts[b]) for b in cut}
-    return padded, sum(groups.values()) + sum(cut.values())
-
-
-def _profile(args: argparse.Namespace, trainer: Any, log: Any, step: Any) -> dict[str, Any]:
-    """Phase times and host reads over args.steps steps, then aten ops over args.profile_steps (docstring)."""
-    from step_phases import PhaseClock, ops_per_phase
-    from torch.profiler import ProfilerActivity, profile
-
-    from tokrl.policy_update import PolicyUpdate
-
-    shapes: list[tuple[int, int]] = []
-    real_apply = PolicyUpdate.apply
-
-    def apply(update: Any, prompts: Any, completions: Any, rows: Any, *rest: Any) -> Any:
-        shapes.append(_forward_shape(prompts, rows, trainer.config.generation.num_generations))
-        return real_apply(update, prompts, completions, rows, *rest)
-
-    clock = PhaseClock()
-    patched = [f"{o}.{a}" for o, a, p in PHASES if clock.patch(_resolve(o, trainer, log), a, p)]
-    PolicyUpdate.apply = apply
-    try:
-        with clock.count_host_reads():
-            for i in range(args.warmup, args.warmup + args.steps):
-                step(i)
-        phases = {"wall": dict(clock.seconds), "cpu": dict(clock.cpu_seconds), "reads": dict(clock.host_reads)}
-        first = args.warmup + args.steps
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for i in range(first, first + args.profile_steps):
-                step(i)
-    finally:
-        PolicyUpdate.apply = real_apply
-        clock.restore()
-    ops, self_us = ops_per_phase(prof.events())
-    n, m = args.steps, args.profile_steps
-    return {
-        "patched": patched,
-        "phase_s": {p: phases["wall"].get(p, 0.0) / n for p in PHASE_ORDER[:-1]},
-        "phase_cpu_s": {p: phases["cpu"].get(p, 0.0) / n for p in PHASE_ORDER[:-1]},
-        "host_reads_per_step": {p: c / n for p, c in phases["reads"].items()},
-        "ops_per_step": {p: c / m for p, c in ops.items()},
-        "top_ops_ms_per_step": {p: {op: us / 1e3 / m for op, us in t.most_common(TOP_OPS)} for p, t in self_us.items()},
-        "forward_tokens_padded": statistics.fmean(s[0] for s in shapes[:n]) if shapes else 0.0,
-        "forward_tokens_if_prompts_shared": statistics.fmean(s[1] for s in shapes[:n]) if shapes else 0.0,
-    }
-
-
-def _worker(args: argparse.Namespace) -> dict[str, Any]:
-    """One algorithm in this process: plain step times (`--mode time`) or the profile (`--mode profile`)."""
-    import torch
-
-    from tokrl.metrics import MetricsLog
-
-    with tempfile.TemporaryDirectory(prefix="profile-step-") as tmp:
-        trainer = _build_trainer(args, Path(tmp))
-        log = MetricsLog(Path(tmp) / "metrics.jsonl", total=args.warmup + args.steps, progress=False)
-        records: list[dict[str, Any]] = []
-        wall: list[float] = []
-        cpu: list[float] = []
-
-        def step(i: int) -> None:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            record = trainer.train_step(i)
-            log.write(record)
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - cpu_start)
-            records.append(record)
-
-        for i in range(args.warmup):
-            step(i)
-        del wall[:], cpu[:], records[:]
-        out: dict[str, Any] = {"tokrl_file": __import__("tokrl").__file__, "threads": torch.get_num_threads()}
-        if args.mode == "time":
-            for i in range(args.warmup, args.warmup + args.steps):
-                step(i)
-            return {**out, "step_seconds": wall, "step_cpu_seconds": cpu}
-        out.update(_profile(args, trainer, log, step))
-        start = time.perf_counter()
-        trainer.save()
-        out["checkpoint_save_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        trainer.evaluate()
-        out["eval_s"] = time.perf_counter() - start
-        log.close()
-    n = args.steps
-    out.update(
-        step_s_median=statistics.median(wall[:n]),
-        step_s_mean=statistics.fmean(wall[:n]),
-        step_cpu_s_mean=statistics.fmean(cpu[:n]),
-    )
-    out["phase_s"]["other"] = max(out["step_s_mean"] - sum(out["phase_s"].values()), 0.0)
-    out["phase_cpu_s"]["other"] = max(out["step_cpu_s_mean"] - sum(out["phase_cpu_s"].values()), 0.0)
-    keys = ("selected_tokens", "forward_tokens", "completion_len", "reward_mean")
-    out["per_step"] = {k: statistics.fmean(float(r[k]) for r in records[:n] if r.get(k) is not None) for k in keys}
-    out["per_step"].update({k: out.pop(k) for k in ("forward_tokens_padded", "forward_tokens_if_prompts_shared")})
-    return out
-
-
-def _prepare(args: argparse.Namespace) -> dict[str, Any]:
-    """Build (or find) the preset's warm start in args.cache_dir; returns its directory."""
-    import torch
-
-    from tokrl.config import load_config
-    from tokrl.sft import sft_stage
-    from tokrl.tasks import get_task
-
-    config = load_config(PRESET, output_dir=args.cache_dir)
-    torch.set_num_threads(args.threads)
-    task = get_task(config.task, **config.task_options)
-    return {"warm_start": str(sft_stage(config, task, Path(args.cache_dir), torch.device("cpu"), log=print))}
-
-
 # ------------------------------------------------------------------------------------------------ parent
 
 
@@ -447,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
-        result = {"prepare": _prepare, "profile": _worker, "time": _worker}[args.mode](args)
+        result = {"prepare": prepare, "profile": worker, "time": worker}[args.mode](args)
         print(RESULT_MARK + json.dumps(result), flush=True)
         return 0
     warm_start = _run_worker(THIS_TREE, "prepare", args)["warm_start"]

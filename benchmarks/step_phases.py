@@ -33,6 +33,42 @@ OTHER = "other"
 # Tensor -> host conversions: each one waits for the device on a GPU (counted here on whatever device).
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 
+# The phases of `Trainer.train_step` that profile_step.py times: (owner, attribute, phase). Owners: a module path,
+# or "trainer.<attr>" / "log" inside the worker. A name a tree lacks is skipped, so the map also serves older or
+# newer trees; sub-phases of the sampler come first.
+PHASES: list[tuple[str, str, str]] = [
+    ("tokrl.sampler.engine", "prefill", "sampling: prefill"),
+    ("tokrl.sampler.engine", "decode_step", "sampling: decode steps"),
+    ("tokrl.sampler.engine", "choose_tokens", "sampling: token choice"),
+    ("tokrl.trainer", "sample_groups", "sampling: rest"),
+    ("tokrl.trainer", "encode_prompts", "prompts, decode"),
+    ("tokrl.trainer", "decode", "prompts, decode"),
+    ("trainer.task", "render_prompt", "prompts, decode"),
+    ("trainer.task", "reward", "reward"),
+    ("tokrl.trainer", "validate_rewards", "reward"),
+    ("trainer.algorithm", "rollout_prefix", "selection"),
+    ("trainer.algorithm", "process_group", "selection"),
+    ("trainer.algorithm", "process_groups", "selection"),
+    ("trainer.algorithm", "observe", "selection"),
+    ("tokrl.trainer", "gather_rows", "packing"),
+    ("tokrl.policy_update.PolicyUpdate", "_micro_batches", "packing"),
+    ("tokrl.policy_update.PolicyUpdate", "reference_logp", "reference log-probs"),
+    ("tokrl.policy_update.PolicyUpdate", "_loss_backward", "forward/backward"),
+    ("trainer.update.optimizer", "step", "optimiser"),
+    ("trainer.update.optimizer", "zero_grad", "optimiser"),
+    ("trainer.update.scheduler", "step", "optimiser"),
+    ("torch.nn.utils", "clip_grad_norm_", "optimiser"),
+    ("tokrl.trainer", "sampler_logp_gaps", "metrics"),
+    ("tokrl.trainer", "sampler_gap_stats", "metrics"),
+    ("tokrl.trainer", "reward_stats", "metrics"),
+    ("tokrl.trainer", "step_metrics", "metrics"),
+    ("tokrl.trainer", "peak_memory_mib", "metrics"),
+    ("tokrl.trainer", "reset_peak_memory", "metrics"),
+    ("tokrl.policy_update.PolicyUpdate", "_peak_mib", "metrics"),
+    ("log", "write", "metrics"),
+]
+PHASE_ORDER = [*dict.fromkeys(phase for _, _, phase in PHASES), OTHER]  # the report's row order
+
 
 class PhaseClock:
     """Exclusive wall and CPU time (seconds), calls and host reads per phase; see the module docstring.
