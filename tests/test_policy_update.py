@@ -14,8 +14,8 @@ import json
 import pytest
 import torch
 
-from tests.test_trainer import HashRewardTrainer, small_config
-from tokrl.policy_update import PolicyUpdate
+from tests.test_trainer import HashRewardTrainer, _base_and_lora, small_config
+from tokrl.policy_update import NonFiniteLossError, PolicyUpdate
 
 
 def _grads_and_totals(update: PolicyUpdate, prompts, completions, rows, micro: int):
@@ -29,12 +29,14 @@ def _grads_and_totals(update: PolicyUpdate, prompts, completions, rows, micro: i
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "replay_prob"), [("t-spmo", 0.0), ("t-spmo", 1.0), ("s-grpo", 0.0), ("grpo", 0.0)]
-)
-def test_micro_batches_equal_one_forward(tmp_path, monkeypatch, algorithm, replay_prob):
+    ("algorithm", "replay_prob", "share_prompts"),
+    [("t-spmo", 0.0, False), ("t-spmo", 1.0, False), ("s-grpo", 0.0, False), ("grpo", 0.0, False),
+     ("t-spmo", 1.0, True), ("grpo", 0.0, True)],
+)  # fmt: skip
+def test_micro_batches_equal_one_forward(tmp_path, monkeypatch, algorithm, replay_prob, share_prompts):
     config = small_config(
         tmp_path, algorithm=algorithm, replay_prob=replay_prob, steps=3, lora_dropout=0.0, max_new_tokens=8,
-        alpha=2, max_tokens=4, eval_size=1,
+        alpha=2, max_tokens=4, eval_size=1, share_prompts=share_prompts,
         # two training prompts, both in every step: from step 2 on, replay finds stored successes to continue
         task_options={"digits_a": 2, "digits_b": 1, "train_size": 2, "test_size": 2},
     )  # fmt: skip
@@ -49,7 +51,9 @@ def test_micro_batches_equal_one_forward(tmp_path, monkeypatch, algorithm, repla
             scale = float(want_grads.abs().max())
             assert scale > 0, "the step must carry gradient"
             torch.testing.assert_close(got_grads, want_grads, rtol=0, atol=1e-5 * scale)
-            torch.testing.assert_close(got_totals, want_totals, rtol=1e-5, atol=1e-6)
+            # [loss, clipped, kl]; forward tokens too, except that a shared prompt runs once per micro-batch
+            torch.testing.assert_close(got_totals[:3], want_totals[:3], rtol=1e-5, atol=1e-6)
+            assert got_totals[3] == want_totals[3] if not share_prompts else got_totals[3] >= want_totals[3]
             checked.append(step)
         self.config.loss_micro_batch = 0
         return real_apply(self, prompts, completions, rows, step, selected)
@@ -86,3 +90,40 @@ def test_update_peak_memory_grows_with_selected_rows(tmp_path):
         records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
         peaks[size] = next(r["update_peak_mem_mib"] for r in records if r["kind"] == "train")
     assert peaks[8] > peaks[2]
+
+
+def test_non_finite_gradient_norm_stops_before_the_optimiser_step(tmp_path):
+    # The loss and the gradient norm are read together after clipping (one device read per iteration); an
+    # infinite gradient with a finite loss must still stop the run before AdamW moves a weight.
+    trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo"))
+    trainer.setup()
+    _, lora_before = _base_and_lora(trainer.model)
+    poisoned = next(p for name, p in trainer.model.named_parameters() if "lora_B" in name)
+    poisoned.register_hook(lambda grad: grad + float("inf"))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm \(inf\) at step 1"):
+        trainer.run()
+    _, lora_after = _base_and_lora(trainer.model)
+    assert all(torch.equal(lora_before[k], lora_after[k]) for k in lora_before), "the bad update was applied"
+    assert not trainer.update.optimizer.state, "AdamW took a step"
+
+
+def test_cpu_optimiser_is_multi_tensor_adamw_with_the_same_steps(tmp_path):
+    # PolicyUpdate asks for the multi-tensor AdamW on CPU (torch picks it on CUDA only) for speed; it must take
+    # exactly the per-parameter loop's steps, or runs would change with the switch.
+    trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo"))
+    trainer.setup()
+    assert trainer.update.optimizer.defaults["foreach"] is True
+    shapes = [p.shape for p in trainer.update.params]
+    runs = []
+    for foreach in (True, False):
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i))) for i, s in
+                  enumerate(shapes)]  # fmt: skip
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01, foreach=foreach)
+        grads = torch.Generator().manual_seed(99)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=grads)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+        runs.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tokrl.algorithms import GroupSelection
 from tokrl.models import build_tiny_model, hidden_states, lm_head_weight
 from tokrl.rollout import (
     cut_at_eos,
     decode,
     encode_prompts,
     eos_token_ids,
+    gather_rows,
     generate,
     left_pad,
     pack_sequences,
     sample_groups,
+    set_training,
 )
 
 
@@ -53,6 +56,57 @@ def test_pack_sequences_start_points_at_the_last_prompt_token():
     # start[b] is the flat position of the last prompt token: it predicts continuation token 0.
     assert flat[batch.start].tolist() == [11, 14]
     assert batch.start.tolist() == [1, width + 3]
+
+
+@pytest.mark.parametrize(
+    ("prompts", "continuations"),
+    [
+        ([[10, 11], [12, 13, 14], [15]], [[20, 21], [], [22, 23, 24, 25]]),  # ragged on both sides
+        ([[5]], [[]]),  # a single one-token row
+        ([[], []], [[], []]),  # nothing at all: a [2, 0] batch
+        ([], []),  # no rows: a [0, 0] batch
+    ],
+    ids=["ragged", "one-token", "empty-rows", "no-rows"],
+)
+def test_pack_sequences_is_left_pad_of_the_joined_rows(prompts, continuations):
+    # pack_sequences builds its tensors without left_pad's per-row writes; they must be left_pad's.
+    batch = pack_sequences(prompts, continuations, pad_id=3)
+    ids, mask = left_pad([p + c for p, c in zip(prompts, continuations, strict=True)], pad_id=3)
+    assert batch.input_ids.shape == ids.shape and batch.attention_mask.shape == mask.shape
+    assert torch.equal(batch.input_ids, ids) and torch.equal(batch.attention_mask, mask)
+    assert batch.input_ids.dtype == batch.attention_mask.dtype == batch.start.dtype == torch.int64
+
+
+def test_gather_rows_offsets_each_group_by_its_index():
+    def selection(completion, units):
+        k = len(completion)
+        return GroupSelection(
+            torch.tensor(completion, dtype=torch.int64), torch.arange(k), torch.arange(k) + 7,
+            torch.ones(k), torch.full((k,), 2.0), norm_units=units, zero_std=k == 0,
+        )  # fmt: skip
+
+    rows = gather_rows([selection([1, 0], 2.0), selection([], 1.0), selection([3, 3, 2], 1.0)], group_size=4)
+    assert rows.row.tolist() == [1, 0, 11, 11, 10]  # group g's completion c is rollout row g * 4 + c
+    assert rows.position.tolist() == [0, 1, 0, 1, 2] and rows.token.tolist() == [7, 8, 7, 8, 9]
+    assert rows.weight.tolist() == [0.5] * 5  # 2 / (2 + 1 + 1) norm units
+
+
+def test_set_training_reaches_every_module(tiny):
+    model, _ = tiny
+    model.eval()
+    model.model.layers[0].train()  # the root says eval, one layer says train
+    set_training(model, False)
+    assert not any(m.training for m in model.modules())
+    set_training(model, True)
+    assert all(m.training for m in model.modules())
+    model.eval()
+
+
+def test_decode_of_repeated_rows_equals_decoding_each(tiny):
+    _, tok = tiny
+    rows = [encode_prompts(tok, [text])[0] for text in ("12*3=", "408", "12*3=", "", "408", "7")]
+    assert decode(tok, rows) == [tok.decode(r, skip_special_tokens=True) for r in rows]
+    assert decode(tok, []) == []
 
 
 def test_sampling_is_reproducible_under_a_seed_and_layout_is_grouped(tiny):

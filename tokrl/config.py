@@ -136,6 +136,14 @@ class TrainConfig:
             "rows in one forward. Bounds the update's activation memory."
         },
     )
+    share_prompts: bool = field(
+        default=False,
+        metadata={
+            "help": "Loss forward: run each distinct prompt once and continue its rows from its keys/values "
+            "(fewer forward tokens: 2.3x at tiny-multiplication; LoRA dropout masks on a prompt's tokens are then "
+            "shared by its rows). Needs eager/sdpa attention, full-attention layers, no gradient checkpointing."
+        },
+    )
     sft_steps: int = field(
         default=0,
         metadata={"help": "Supervised warm-start steps (full fine-tune) before RL; cached in output_dir/sft."},

@@ -17,6 +17,10 @@ micro-batch runs its own forward, loss on its selected rows and backward, and th
 weights are divided by the whole batch's norm_units before the split, so the summed loss and gradients are
 those of one forward over all rows (up to float rounding and LoRA dropout masks): only the activations of
 m rows are alive at once, which bounds the update's memory by m x the longest row whatever the batch is.
+
+`share_prompts` swaps the packed forward for tokrl/prompt_sharing.py's: each distinct prompt of a micro-batch
+runs once and its rows continue from its keys/values (same values up to float summation order; LoRA dropout
+masks on prompt tokens are then drawn per prompt, not per row).
 """
 
 from __future__ import annotations
@@ -35,10 +39,31 @@ from tokrl.config import TrainConfig
 from tokrl.head_transform import logit_transform
 from tokrl.metrics import peak_memory_mib, reset_peak_memory
 from tokrl.models import hidden_states, lm_head_weight, router_aux_loss_note
-from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch
+from tokrl.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason
+from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch, set_training
 from tokrl_kernels import linear_logprob, linear_pg_loss
 
 logger = logging.getLogger("tokrl")
+
+
+def _packed_hidden(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """The packed forward's final hidden states, flattened: [B' * L, D]."""
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # [B', L, D]
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+@dataclass(frozen=True)
+class _LossForward:
+    """How the loss rows become hidden states: pack(prompts, completions, rows, pad_id, device) -> (batch,
+    flat index [k]); hidden(model, batch) -> flat hidden states [N, D]; tokens(batch) -> 0-d real tokens."""
+
+    pack: Callable[..., tuple[Any, torch.Tensor]]
+    hidden: Callable[[torch.nn.Module, Any], torch.Tensor]
+    tokens: Callable[[Any], torch.Tensor]
+
+
+PACKED = _LossForward(pack_loss_batch, _packed_hidden, lambda batch: batch.attention_mask.sum())
+SHARED_PROMPTS = _LossForward(pack_shared_prompts, shared_prompt_hidden, lambda batch: batch.tokens)
 
 
 @dataclass
@@ -48,7 +73,7 @@ class _Part:
     iteration, its pi_old log-probs [k_j]."""
 
     keep: torch.Tensor
-    batch: PackedBatch
+    batch: PackedBatch | SharedPromptBatch
     index: torch.Tensor
     targets: torch.Tensor
     rows: LossRows
@@ -83,7 +108,10 @@ class PolicyUpdate:
     ) -> None:
         self.model, self.config, self.pad_id, self.device, self._save = model, config, pad_id, device, save
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # torch picks the multi-tensor AdamW on CUDA only; on CPU it takes the same values (bit for bit) in a
+        # fraction of the per-parameter loop's time, which at LoRA sizes is mostly Python and op dispatch.
+        foreach = True if device.type == "cpu" else None
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, foreach=foreach)
         total_updates = max(config.steps * config.num_iterations, 1)
         self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
         self.head = lm_head_weight(model)  # [V, D]
@@ -91,6 +119,12 @@ class PolicyUpdate:
         note = router_aux_loss_note(model)
         if note is not None:
             logger.warning(note)
+        self.forward = PACKED
+        if config.share_prompts:
+            reason = unsupported_reason(model)
+            if reason is not None:
+                raise ValueError(f"share_prompts: {reason}; run without --share-prompts")
+            self.forward = SHARED_PROMPTS
         self.last_logp = torch.zeros(0)  # [k] fp32 CPU: the last apply's first-iteration log-probs of its rows
 
     @property
@@ -120,25 +154,25 @@ class PolicyUpdate:
         micro = self._micro_batches(prompts, completions, rows)
         for it in range(c.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            totals = torch.zeros(4)  # this rank's [loss, clipped rows, kl sum, forward tokens]
+            totals = torch.zeros(4, device=self.device)  # this rank's [loss, clipped rows, kl sum, forward tokens]
             for part in micro:
                 totals += self._loss_backward(part, first_iteration=it == 0)
             summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
-            self._check_finite("loss", summed[0], step)
             max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-            self._check_finite("gradient norm", grad_norm, step)
+            # One read of the device per iteration (a sync on a GPU) for the checks and the statistics. A
+            # non-finite loss is still caught before the optimiser step: clipping only rescaled the gradients.
+            loss, clipped, kl, tokens, norm = torch.cat([summed.float(), grad_norm.reshape(1).float()]).tolist()
+            self._check_finite("loss", loss, step)
+            self._check_finite("gradient norm", norm, step)
             self.optimizer.step()
             self.scheduler.step()
-        self.model.eval()
+        set_training(self.model, False)
         for part in micro:
             self.last_logp[part.keep] = part.old_logp.cpu()
-        stats["loss"] = float(summed[0])
-        stats["grad_norm"] = float(grad_norm)
-        stats["clip_frac"] = float(summed[1]) / selected
-        stats["forward_tokens"] = int(summed[3])
+        stats.update(loss=loss, grad_norm=norm, clip_frac=clipped / selected, forward_tokens=int(tokens))
         if c.beta > 0:
-            stats["kl"] = float(summed[2]) / selected
+            stats["kl"] = kl / selected
         return {**stats, "update_peak_mem_mib": self._peak_mib()}
 
     def _micro_batches(self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows) -> list[_Part]:
@@ -147,17 +181,23 @@ class PolicyUpdate:
         if len(rows) == 0:
             return []
         active, packed_row = torch.unique(rows.row, return_inverse=True)  # [B'], [k]
-        cut = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")
-        lengths = cut + torch.tensor([len(prompts[b]) for b in active.tolist()])  # [B'] forward tokens per row
-        order = torch.argsort(lengths, descending=True, stable=True)  # [B'] longest first
         size = self.config.loss_micro_batch or len(active)
+        chunks: list[torch.Tensor | None] = [None]  # one part holding every row: nothing to order or split
+        if size < len(active):
+            cut = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")
+            lengths = cut + torch.tensor([len(prompts[b]) for b in active.tolist()])  # [B'] forward tokens per row
+            order = torch.argsort(lengths, descending=True, stable=True)  # [B'] longest first
+            chunks = list(order.split(size))
         parts = []
-        for chunk in order.split(size):
-            members = torch.zeros(len(active), dtype=torch.bool)
-            members[chunk] = True
-            keep = members[packed_row].nonzero().squeeze(1)  # [k_j] this part's rows of `rows`
-            part_rows = rows.select(keep)
-            batch, index = pack_loss_batch(prompts, completions, part_rows, self.pad_id, self.device)
+        for chunk in chunks:
+            if chunk is None:
+                keep, part_rows = torch.arange(len(rows)), rows  # [k]
+            else:
+                members = torch.zeros(len(active), dtype=torch.bool)
+                members[chunk] = True
+                keep = members[packed_row].nonzero().squeeze(1)  # [k_j] this part's rows of `rows`
+                part_rows = rows.select(keep)
+            batch, index = self.forward.pack(prompts, completions, part_rows, self.pad_id, self.device)
             targets = part_rows.token.to(self.device)  # [k_j]
             ref_logp = self.reference_logp(batch, index, targets) if self.config.beta > 0 else None  # [k_j] | None
             parts.append(_Part(keep, batch, index, targets, part_rows, ref_logp))
@@ -166,9 +206,8 @@ class PolicyUpdate:
     def _loss_backward(self, part: _Part, first_iteration: bool) -> torch.Tensor:
         """Forward, fused loss and backward of one micro-batch; returns its [loss, clipped, kl sum, tokens]."""
         c = self.config
-        self.model.train()  # LoRA dropout is active in the loss forward
-        hidden = hidden_states(self.model, part.batch.input_ids, part.batch.attention_mask)  # [b, L, D]
-        flat = hidden.reshape(-1, hidden.shape[-1])  # [b * L, D]
+        set_training(self.model, True)  # LoRA dropout is active in the loss forward
+        flat = self.forward.hidden(self.model, part.batch)  # [N, D]: b * L rows packed, fewer with shared prompts
         out = linear_pg_loss(
             flat, self.head, part.targets, part.rows.advantage.to(self.device), part.index, old_logp=part.old_logp,
             ref_logp=part.ref_logp, weights=part.rows.weight.to(self.device), eps_low=c.eps_low, eps_high=c.eps_high,
@@ -177,33 +216,35 @@ class PolicyUpdate:
         out.loss.backward()  # a non-finite loss is caught after the gradient sum, before any update
         if first_iteration:
             part.old_logp = out.logp  # [k_j] fp32, detached: pi_old of later iterations
-        delta = part.ref_logp - out.logp if part.ref_logp is not None else torch.zeros(1)  # [k_j]
+        no_ref = torch.zeros(1, device=self.device)
+        delta = part.ref_logp - out.logp if part.ref_logp is not None else no_ref  # [k_j]
         return torch.stack([
-            out.loss.detach().float().cpu(), out.clipped.float().sum().cpu(),
-            (delta.exp() - delta - 1).sum().float().cpu(), part.batch.attention_mask.sum().float().cpu(),
-        ])  # fmt: skip
+            out.loss.detach().float(), out.clipped.float().sum(), (delta.exp() - delta - 1).sum().float(),
+            self.forward.tokens(part.batch).float(),
+        ])  # fmt: skip  # [4] on the device: `apply` reads it once per iteration
 
     def _peak_mib(self) -> float:
         """This update's peak memory, the largest over ranks."""
         return float(distributed.all_reduce_max(torch.tensor([peak_memory_mib(self.device)]))[0])
 
     @torch.no_grad()
-    def reference_logp(self, batch: PackedBatch, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def reference_logp(
+        self, batch: PackedBatch | SharedPromptBatch, index: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         """log-probs of the selected tokens under the base model (adapter disabled, eval mode): [k] fp32."""
-        self.model.eval()
+        set_training(self.model, False)
         with self.model.disable_adapter():
-            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)  # [B', L, D]
-        flat = hidden.reshape(-1, hidden.shape[-1])  # [B' * L, D]
+            flat = self.forward.hidden(self.model, batch)  # [N, D]
         temperature = self.config.generation.temperature
         return linear_logprob(
             flat, self.head, targets, index, temperature=temperature, impl=self.config.impl, **self.head_kwargs
         )  # [k]
 
-    def _check_finite(self, what: str, value: torch.Tensor, step: int) -> None:
-        if bool(torch.isfinite(value)):
+    def _check_finite(self, what: str, value: float, step: int) -> None:
+        if math.isfinite(value):
             return
         path = self._save()
         raise NonFiniteLossError(
-            f"non-finite {what} ({float(value)}) at step {step + 1}; stopped without applying it. State saved "
+            f"non-finite {what} ({value}) at step {step + 1}; stopped without applying it. State saved "
             f"to {path}. Try a lower --lr, a smaller --max-grad-norm, or --dtype float32; resume with --resume."
         )

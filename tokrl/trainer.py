@@ -271,7 +271,8 @@ class Trainer:
         """The prompts of `step`: consecutive slices of a fresh seeded permutation every epoch."""
         n, per = len(self.train_data), self.config.prompts_per_step
         picks = [divmod(step * per + j, n) for j in range(per)]
-        return [self.train_data[self._permutation(epoch)[pos]] for epoch, pos in picks]
+        columns = self.train_data[[self._permutation(epoch)[pos] for epoch, pos in picks]]  # one read, not per row
+        return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
     def local_prompts(self) -> range:
         """Indices into the step's global prompt list that this rank rolls out (a contiguous slice)."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tokrl.algorithms import AlgoConfig, Group, get_algorithm, sample_positions
+from tokrl.algorithms.sequence import SequenceAdvantageAlgorithm
 
 EOS = 2
 
@@ -146,3 +147,27 @@ def test_random_groups_respect_the_rule_and_reproduce():
             assert pos[: min(25, len(completions[i]))] == list(range(min(25, len(completions[i]))))
             weights = sel.weight[sel.completion == i]
             assert torch.allclose(weights, torch.full_like(weights, 1 / len(pos)))
+
+
+def test_batched_group_draws_equal_the_per_completion_path():
+    # SGRPO draws a group's positions at once (select_group_positions); the base class's default calls
+    # select_positions per completion. Same generator, same selection, tensor for tensor.
+    class PerCompletion(get_algorithm("s-grpo").__class__):
+        select_group_positions = SequenceAdvantageAlgorithm.select_group_positions
+
+    rng = random.Random(7)
+    for trial in range(40):
+        g = rng.randint(2, 8)
+        completions = [[rng.randrange(50) for _ in range(rng.randint(0, 12))] for _ in range(g)]
+        rewards = [None if rng.random() < 0.2 else float(rng.randint(0, 2)) for _ in range(g)]
+        config = AlgoConfig(
+            alpha=rng.randint(0, 4), max_tokens=rng.randint(1, 8), keep_prob=rng.choice([0.3, 0.75, 1.0])
+        )
+        batched = get_algorithm("s-grpo", config).process_group(
+            Group(completions, rewards), torch.Generator().manual_seed(trial)
+        )
+        single = PerCompletion(config).process_group(Group(completions, rewards), torch.Generator().manual_seed(trial))
+        for name in ("completion", "position", "token", "advantage", "weight"):
+            got, want = getattr(batched, name), getattr(single, name)
+            assert got.dtype == want.dtype and torch.equal(got, want), (trial, name)
+        assert (batched.norm_units, batched.zero_std) == (single.norm_units, single.zero_std)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tokrl.algorithms import sample_positions
+from tokrl.algorithms.sampling import sample_group_positions
 
 N_DRAWS = 4000
 SIGMAS = 5.0  # a 5-sigma binomial band: a correct sampler fails it about once in 1.7 million checks
@@ -175,3 +176,53 @@ def test_sequential_last_position_stays_early():
 
     assert abs(mean_last("sequential") - 74.0) < 1.5  # sd of the mean ~ 0.22
     assert mean_last("spread") > 150
+
+
+# ------------------------------------------------------------------------ a whole group's draws at once
+
+
+def test_torch_uniform_stream_splits_anywhere():
+    # sample_group_positions relies on it: rand(a) then rand(b) from one CPU generator equals rand(a + b).
+    for seed, sizes in enumerate([[3, 5], [0, 7, 1], [40, 200, 17, 1], [1] * 30, [70000, 5]]):
+        gen = torch.Generator().manual_seed(seed)
+        pieces = torch.cat([torch.rand(n, generator=gen) for n in sizes])
+        after_pieces = torch.rand(4, generator=gen)
+        gen = torch.Generator().manual_seed(seed)
+        assert torch.equal(pieces, torch.rand(sum(sizes), generator=gen)), sizes
+        assert torch.equal(after_pieces, torch.rand(4, generator=gen)), sizes
+
+
+@pytest.mark.parametrize("rule", ["sequential", "spread"])
+@pytest.mark.parametrize(
+    ("alpha", "max_tokens", "keep_prob"),
+    [
+        (2, 4, 0.75),  # the tiny-multiplication preset
+        (25, 50, 0.5),  # the paper's defaults
+        (5, 3, 0.5),  # the cap below alpha: no draws at all
+        (0, 6, 0.3),  # alpha = 0: every position is a later one
+        (3, 3, 1.0),  # no room after alpha, P = 1
+    ],
+)
+def test_group_positions_equal_one_call_per_completion(rule, alpha, max_tokens, keep_prob):
+    rng = torch.Generator().manual_seed(alpha * 100 + max_tokens)
+    for trial in range(20):
+        lengths = torch.randint(0, 90, (int(torch.randint(1, 9, (1,), generator=rng)),), generator=rng).tolist()
+        seed = trial + 1000 * alpha
+        gen_one, gen_group = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        one = [
+            sample_positions(n, alpha, max_tokens, gen_one, rule=rule, keep_prob=keep_prob).tolist() for n in lengths
+        ]
+        group = sample_group_positions(lengths, alpha, max_tokens, gen_group, rule=rule, keep_prob=keep_prob)
+        assert group == one, (lengths, seed)
+        # ...and the generator is left where the per-completion calls leave it.
+        assert torch.equal(torch.rand(3, generator=gen_one), torch.rand(3, generator=gen_group))
+
+
+def test_group_positions_refuse_what_sample_positions_refuses():
+    with pytest.raises(ValueError, match="length"):
+        sample_group_positions([3, -1])
+    with pytest.raises(ValueError, match="keep_prob"):
+        sample_group_positions([3], keep_prob=1.5)
+    with pytest.raises(ValueError, match="rule"):
+        sample_group_positions([3], rule="uniform")
+    assert sample_group_positions([]) == []

@@ -49,9 +49,14 @@ def group_advantages(rewards: torch.Tensor | Sequence[float], scale: bool = True
              else R_i - mean(R). All-equal rewards (and G <= 1) give exact zeros.
     """
     r = torch.as_tensor(rewards, dtype=torch.float64).flatten()  # [G] fp64: exact mean for 0/1 rewards
-    if not bool(torch.isfinite(r).all()):
+    if isinstance(rewards, torch.Tensor):
+        finite, equal = bool(torch.isfinite(r).all()), r.numel() == 0 or bool((r == r[0]).all())
+    else:  # the trainer's case: Python floats, checked in Python (no tensor ops or reads per group)
+        values = [float(x) for x in rewards]
+        finite, equal = all(math.isfinite(x) for x in values), all_equal(values)
+    if not finite:
         raise ValueError(f"group_advantages: rewards must be finite, got {r.tolist()}")
-    if r.numel() == 0 or bool((r == r[0]).all()):
+    if equal:
         # No signal; also avoids the NaN sample std of a single reward and rounding residue of the mean.
         return torch.zeros(r.numel(), dtype=torch.float32)  # [G]
     centred = r - r.mean()  # [G]

@@ -18,3 +18,6 @@ class GRPO(SequenceAdvantageAlgorithm):
 
     def select_positions(self, length: int, generator: torch.Generator | None) -> torch.Tensor:
         return torch.arange(length, dtype=torch.int64)  # [L]: no randomness, the generator is unused
+
+    def select_group_positions(self, lengths: list[int], generator: torch.Generator | None) -> list[list[int]]:
+        return [list(range(n)) for n in lengths]

@@ -12,7 +12,7 @@ import torch
 
 from tokrl.algorithms.base import AlgoConfig
 from tokrl.algorithms.registry import register_algorithm
-from tokrl.algorithms.sampling import SELECTION_RULES, sample_positions
+from tokrl.algorithms.sampling import SELECTION_RULES, sample_group_positions, sample_positions
 from tokrl.algorithms.sequence import SequenceAdvantageAlgorithm
 
 
@@ -35,3 +35,9 @@ class SGRPO(SequenceAdvantageAlgorithm):
         return sample_positions(
             length, c.alpha, c.max_tokens, generator, rule=c.selection, keep_prob=c.keep_prob
         )  # [n] sorted
+
+    def select_group_positions(self, lengths: list[int], generator: torch.Generator | None) -> list[list[int]]:
+        c = self.config
+        return sample_group_positions(
+            lengths, c.alpha, c.max_tokens, generator, rule=c.selection, keep_prob=c.keep_prob
+        )  # V lists, each sorted

@@ -19,6 +19,8 @@ When k < alpha the cap wins under both rules: only the first k positions are kep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -74,3 +76,45 @@ def sample_positions(
         return first  # [head]: no later positions exist, or the cap is already spent on the first ones
     later = _LATER_RULES[rule](n_later, alpha, max_tokens - alpha, keep_prob, generator)  # [m] sorted
     return torch.cat([first, later])  # [alpha + m] sorted unique
+
+
+def sample_group_positions(
+    lengths: Sequence[int],
+    alpha: int = 25,
+    max_tokens: int = 50,
+    generator: torch.Generator | None = None,
+    *,
+    rule: str = "sequential",
+    keep_prob: float = 0.5,
+) -> list[list[int]]:
+    """`sample_positions` for completions of `lengths`, in order, as lists: the same positions from the same
+    draws as calling it once per completion with the same generator.
+
+    The sequential rule draws every completion's uniforms in one `torch.rand` and compares them in one op
+    (torch's CPU uniform stream is sequential: rand(a) then rand(b) equals rand(a + b) split at a, which
+    tests/algorithms/test_sample_positions.py checks), so a group costs a few ops instead of several per
+    completion. The spread rule may draw a permutation between two completions' uniforms, so it keeps the
+    per-completion calls.
+    """
+    if rule != "sequential" or not lengths:
+        return [
+            sample_positions(n, alpha, max_tokens, generator, rule=rule, keep_prob=keep_prob).tolist() for n in lengths
+        ]
+    if min(lengths) < 0 or alpha < 0 or max_tokens < 0:
+        raise ValueError(
+            f"sample_positions: length, alpha, max_tokens must be >= 0; got {min(lengths)}, {alpha}, {max_tokens}"
+        )
+    if not 0.0 < keep_prob <= 1.0:
+        raise ValueError(f"sample_positions: keep_prob must be in (0, 1]; got {keep_prob}")
+    room = max_tokens - alpha
+    # Completions with later positions to draw for: longer than alpha, and alpha itself under the cap.
+    n_later = [n - alpha if n > alpha and room >= 0 else 0 for n in lengths]
+    total = sum(n_later)
+    passed = (torch.rand(total, generator=generator) < keep_prob).tolist() if total else []  # [sum L - alpha]
+    out, offset = [], 0
+    for n, later in zip(lengths, n_later, strict=True):
+        head = list(range(min(alpha, n, max_tokens)))
+        kept = [alpha + t for t in range(later) if passed[offset + t]][:room] if later else []
+        out.append(head + kept)
+        offset += later
+    return out

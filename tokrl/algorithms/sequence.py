@@ -11,8 +11,9 @@ seq_mean is the paper's mean over completions of each completion's token mean.
 A group whose valid rewards are all equal has A = 0 everywhere: it returns an EMPTY selection (no
 forward/backward work) but keeps its norm_units, so the denominator still counts it as the paper's mean
 over all completions does. With beta > 0 this also drops those tokens' KL term, a deliberate saving.
-Subclasses only choose positions (`select_positions`); zero-std groups still draw them, so the random
-stream, and so every other group's selection, does not depend on rewards.
+Subclasses only choose positions (`select_positions`, and `select_group_positions` for a whole group at
+once); zero-std groups still draw them, so the random stream, and so every other group's selection, does not
+depend on rewards.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class SequenceAdvantageAlgorithm(Algorithm):
     def select_positions(self, length: int, generator: torch.Generator | None) -> torch.Tensor:
         """Sorted unique positions in [0, length) that enter the loss: [n] int64."""
 
+    def select_group_positions(self, lengths: list[int], generator: torch.Generator | None) -> list[list[int]]:
+        """`select_positions` of each completion length, in order, as lists (subclasses batch the draws)."""
+        return [self.select_positions(n, generator).tolist() for n in lengths]
+
     def process_group(self, group: Group, generator: torch.Generator | None = None) -> GroupSelection:
         completions, rewards = group.completions, group.rewards
         if len(completions) != len(rewards):
@@ -49,28 +54,30 @@ class SequenceAdvantageAlgorithm(Algorithm):
         valid = [i for i, r in enumerate(rewards) if r is not None]
         values = [float(rewards[i]) for i in valid]
         zero_std = all_equal(values)
-        positions = [self.select_positions(len(completions[i]), generator) for i in valid]  # V x [n_i]
-        counts = torch.tensor([p.numel() for p in positions], dtype=torch.int64)  # [V]
+        positions = self.select_group_positions([len(completions[i]) for i in valid], generator)  # V lists
+        counts = [len(p) for p in positions]  # [V] selected tokens per valid completion
         loss_type = self.loss_type
-        total = int(counts.sum())
+        total = sum(counts)
         norm_units = {"seq_mean": len(valid), "token_mean": total, "sum": 0}[loss_type]
         if zero_std or total == 0:
             return empty_selection(norm_units, zero_std)
         advantages = group_advantages(values, scale=self.config.scale_rewards)  # [V] fp32
-        tokens = [torch.tensor(completions[i], dtype=torch.int64)[p] for i, p in zip(valid, positions, strict=True)]
         if loss_type == "seq_mean":
-            per_row = 1.0 / counts.clamp(min=1).to(torch.float32)  # [V]; rows with n_i = 0 select nothing
+            per_row = 1.0 / torch.tensor(counts, dtype=torch.float32).clamp(min=1)  # [V]; n_i = 0 selects nothing
         else:
             per_row = torch.ones(len(valid), dtype=torch.float32)  # [V]
-        # Per-token index into the V valid rows; a gather with it replaces repeat_interleave, which takes
-        # milliseconds per call on a busy CPU.
-        row = torch.cat([torch.full((p.numel(),), j, dtype=torch.int64) for j, p in enumerate(positions)])  # [k]
+        # The k selected tokens are built as Python lists and become tensors once per group: per-completion
+        # tensor ops cost more than the arithmetic at a few tokens per completion.
+        row = [j for j, p in enumerate(positions) for _ in p]  # [k] index into the V valid completions
+        index = torch.tensor(row, dtype=torch.int64)  # [k]
         return GroupSelection(
-            completion=torch.tensor(valid, dtype=torch.int64)[row],  # [k]
-            position=torch.cat(positions),  # [k]
-            token=torch.cat(tokens),  # [k]
-            advantage=advantages[row],  # [k] fp32
-            weight=per_row[row],  # [k] fp32
+            completion=torch.tensor([valid[j] for j in row], dtype=torch.int64),  # [k]
+            position=torch.tensor([t for p in positions for t in p], dtype=torch.int64),  # [k]
+            token=torch.tensor(
+                [int(completions[i][t]) for i, p in zip(valid, positions, strict=True) for t in p], dtype=torch.int64
+            ),  # [k]
+            advantage=advantages[index],  # [k] fp32
+            weight=per_row[index],  # [k] fp32
             norm_units=float(norm_units),
             zero_std=False,
         )

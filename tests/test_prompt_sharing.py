@@ -1,0 +1,125 @@
+"""The shared-prompt loss forward equals the packed forward: log-probs and LoRA gradients, every model family.
+
+Rows are built the way a step builds them: G completions per prompt, some prompts repeated across groups (a
+prompt may come twice in a batch) or longer than others (a T-SPMO replay prefix), selected positions that
+include 0 (read at the prompt's last column) and rows whose only selection is position 0 (no continuation
+row at all). LoRA dropout is off so both forwards see the same network; the LoRA B weights are randomised so
+the adapter changes the hidden states and its gradients are not trivially zero.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.model_families import FAMILIES, build_family_model
+from tests.test_trainer import HashRewardTrainer, small_config
+from tokrl.models import apply_lora, hidden_states, lm_head_weight
+from tokrl.prompt_sharing import pack_shared_prompts, shared_prompt_hidden, unsupported_reason
+from tokrl.rollout import LossRows, pack_loss_batch
+from tokrl_kernels import linear_logprob
+
+PAD = 0
+GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
+
+
+def _rows_and_batch(vocab: int, seed: int) -> tuple[list[list[int]], list[list[int]], LossRows]:
+    gen = torch.Generator().manual_seed(seed)
+    draw = lambda n: torch.randint(3, vocab, (n,), generator=gen).tolist()  # noqa: E731
+    distinct = [draw(5), draw(7), draw(3)]
+    group_prompts = [distinct[0], distinct[1], distinct[0], distinct[2]]  # prompt 0 in two groups
+    prompts = [p for p in group_prompts for _ in range(3)]  # G = 3
+    completions = [draw(int(torch.randint(1, 6, (1,), generator=gen))) for _ in prompts]
+    row, position = [], []
+    for b, completion in enumerate(completions):
+        if b % 5 == 4:
+            continue  # a row with nothing selected
+        picks = [0] if b % 4 == 1 else sorted({0, len(completion) - 1, int(torch.randint(len(completion), (1,)))})
+        row += [b] * len(picks)
+        position += picks
+    token = [completions[b][t] for b, t in zip(row, position, strict=True)]
+    k = len(row)
+    rows = LossRows(torch.tensor(row), torch.tensor(position), torch.tensor(token), torch.randn(k), torch.rand(k))
+    return prompts, completions, rows
+
+
+def _lora_model(name: str) -> torch.nn.Module:
+    model, _ = build_family_model(name)
+    targets = GPT2_TARGETS if name == "gpt2" else ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    model = apply_lora(model, r=4, dropout=0.0, target_modules=targets)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(n)))
+    return model.eval()
+
+
+def _logp_and_grads(model, flat_hidden, index, rows):
+    logp = linear_logprob(flat_hidden, lm_head_weight(model), rows.token, index, impl="torch")  # [k]
+    (logp * rows.advantage).sum().backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    model.zero_grad(set_to_none=True)
+    return logp.detach(), grads
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_shared_prompt_forward_equals_packed_forward(name):
+    model = _lora_model(name)
+    reason = unsupported_reason(model)
+    if reason is not None:  # refused with a reason the error message can show, never run half-right
+        assert name in ("gemma2", "gemma3") and "sliding" in reason, reason
+        return
+    prompts, completions, rows = _rows_and_batch(lm_head_weight(model).shape[0], seed=len(name))
+    packed, packed_index = pack_loss_batch(prompts, completions, rows, PAD, torch.device("cpu"))
+    hidden = hidden_states(model, packed.input_ids, packed.attention_mask)
+    want_logp, want_grads = _logp_and_grads(model, hidden.reshape(-1, hidden.shape[-1]), packed_index, rows)
+    shared, index = pack_shared_prompts(prompts, completions, rows, PAD, torch.device("cpu"))
+    got_logp, got_grads = _logp_and_grads(model, shared_prompt_hidden(model, shared), index, rows)
+    torch.testing.assert_close(got_logp, want_logp, rtol=1e-5, atol=1e-5)
+    assert want_grads.abs().max() > 0
+    torch.testing.assert_close(got_grads, want_grads, rtol=1e-4, atol=1e-5 * float(want_grads.abs().max()))
+    # Fewer tokens: each distinct prompt once (3 here, for 12 rows), each row's continuation once.
+    assert int(shared.tokens) < int(packed.attention_mask.sum())
+
+
+def test_layout_by_hand():
+    # Rows 0, 1 share prompt [7, 8]; row 2 has prompt [9]. Row 1 selects only position 0 (no continuation).
+    prompts, completions = [[7, 8], [7, 8], [9]], [[11, 12, 13], [14, 15], [16, 17]]
+    rows = LossRows(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 2, 0, 1]), torch.tensor([11, 13, 14, 17]),
+                    torch.zeros(4), torch.ones(4))  # fmt: skip
+    batch, index = pack_shared_prompts(prompts, completions, rows, PAD, "cpu")
+    assert batch.prompt_ids.tolist() == [[7, 8], [0, 9]] and batch.prompt_mask.tolist() == [[1, 1], [0, 1]]
+    assert batch.ids.tolist() == [[11, 12], [16, 0]] and batch.mask.tolist() == [[1, 1], [1, 0]]
+    assert batch.prompt_of_row.tolist() == [0, 1] and int(batch.tokens) == 3 + 3
+    # flat rows: prompts 0..3 (2 x 2), then continuations 4..7 (2 x 2). Token 0 of a row is predicted at its
+    # prompt's last column; token t >= 1 at continuation column t - 1.
+    assert index.tolist() == [1, 4 + 1, 1, 6 + 0]
+
+
+def test_refused_under_gradient_checkpointing():
+    model, _ = build_family_model("qwen2")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert "gradient checkpointing" in unsupported_reason(apply_lora(model, r=4))
+
+
+def test_trainer_option_trains_on_fewer_forward_tokens(tmp_path):
+    # T-SPMO with replay: later steps continue from prompt + prefix rows. Step 1 samples the same rows with and
+    # without sharing (nothing has been updated yet), so its forward tokens compare directly.
+    options = {"algorithm": "t-spmo", "replay_prob": 1.0, "steps": 3, "lora_dropout": 0.0,
+               "task_options": {"digits_a": 2, "digits_b": 1, "train_size": 2, "test_size": 2}}  # fmt: skip
+    runs = {}
+    for share in (False, True):
+        result = HashRewardTrainer(small_config(tmp_path / str(share), share_prompts=share, **options)).run()
+        lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
+        runs[share] = [r for r in map(__import__("json").loads, lines) if r["kind"] == "train"]
+    assert len(runs[True]) == 3 and all(r["loss"] == r["loss"] for r in runs[True])
+    first = [runs[share][0] for share in (False, True)]
+    assert first[0]["selected_tokens"] == first[1]["selected_tokens"] > 0
+    assert first[1]["forward_tokens"] < first[0]["forward_tokens"]
+    assert first[1]["loss"] == pytest.approx(first[0]["loss"], rel=1e-5, abs=1e-7)
+
+
+def test_trainer_refuses_it_where_it_cannot_run(tmp_path):
+    config = small_config(tmp_path, share_prompts=True, gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="share_prompts: gradient checkpointing"):
+        HashRewardTrainer(config).setup()
