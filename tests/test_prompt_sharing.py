@@ -20,7 +20,6 @@ from tokrl.rollout import LossRows, pack_loss_batch
 from tokrl_kernels import linear_logprob
 
 PAD = 0
-GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
 def _rows_and_batch(vocab: int, seed: int) -> tuple[list[list[int]], list[list[int]], LossRows]:
@@ -45,8 +44,7 @@ def _rows_and_batch(vocab: int, seed: int) -> tuple[list[list[int]], list[list[i
 
 def _lora_model(name: str) -> torch.nn.Module:
     model, _ = build_family_model(name)
-    targets = GPT2_TARGETS if name == "gpt2" else ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
-    model = apply_lora(model, r=4, dropout=0.0, target_modules=targets)
+    model = apply_lora(model, r=4, dropout=0.0, target_modules="all-linear")  # every family's own linear layers
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
