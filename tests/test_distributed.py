@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from tokrl.config import load_config
-from tokrl.distributed import check_world_size, launch_env
+from tokrl.infra.distributed import check_world_size, launch_env
 from tokrl.trainer import Trainer
 
 REWARD_MODULE = """

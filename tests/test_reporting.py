@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, build_parser, main
 from tokrl.config import load_config
-from tokrl.extras import MissingExtraError
+from tokrl.infra.extras import MissingExtraError
 from tokrl.reporting import TENSORBOARD_DIR, WandbReporter, available_reporters
 from tokrl.trainer import Trainer
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from tokrl.algorithms import AlgoConfig, GroupSelection, available_algorithms
 from tokrl.checkpoint import StopSignals
 from tokrl.config import load_config
+from tokrl.infra.seeding import step_seed
 from tokrl.policy_update import NonFiniteLossError, build_scheduler
 from tokrl.rollout import gather_rows
-from tokrl.seeding import step_seed
 from tokrl.sft import sft_stage
 from tokrl.trainer import Trainer
 

@@ -44,7 +44,7 @@ from peft import PeftModel
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from tokrl.atomic import fsync_dir, fsync_tree
+from tokrl.infra.atomic import fsync_dir, fsync_tree
 
 logger = logging.getLogger("tokrl")
 

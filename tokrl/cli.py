@@ -13,7 +13,7 @@
     tokrl env                                     # versions and devices, for bug reports
 
 Multi-GPU / multi-node: the same command under a launcher, e.g. `torchrun --nproc_per_node 4 -m tokrl train
-...` or `accelerate launch --multi_gpu --num_processes 4 -m tokrl train ...` (see tokrl/distributed.py);
+...` or `accelerate launch --multi_gpu --num_processes 4 -m tokrl train ...` (see tokrl/infra/distributed.py);
 only rank 0 prints and writes.
 
 `train` has one flag per TrainConfig field (`--key-name value` or `--key_name value`, help text from the
@@ -53,7 +53,7 @@ def _config_errors() -> tuple[type[Exception], ...]:
     """What a wrong name, path, value, unreadable checkpoint or unreachable model raises (one line, exit 2;
     no traceback)."""
     from tokrl.checkpoint import CheckpointError
-    from tokrl.extras import MissingExtraError
+    from tokrl.infra.extras import MissingExtraError
     from tokrl.models import ModelLoadError
 
     return (
@@ -235,9 +235,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import yaml
 
     from tokrl.config import validate_device, validate_model_name
-    from tokrl.distributed import resolve_device
     from tokrl.eval_defaults import adapter_base_model, check_base_model, eval_defaults, resolve_task
     from tokrl.evaluate import evaluate
+    from tokrl.infra.distributed import resolve_device
 
     try:
         options = yaml.safe_load(args.task_options) if args.task_options is not None else None

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tokrl import distributed
+from tokrl.infra import distributed
 from tokrl.rollout import decode, encode_prompts, generate
 from tokrl.tasks import Task, get_task
 

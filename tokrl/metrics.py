@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from tokrl.atomic import write_lines_atomic
+from tokrl.infra.atomic import write_lines_atomic
 
 if TYPE_CHECKING:
     from tokrl.reporting import Reporter
@@ -196,7 +196,7 @@ def records_until(path: Path, step: int) -> list[str]:
 class MetricsLog:
     """Writes records to `path` and drives an optional progress bar (shown only on a terminal).
 
-    The file is only ever appended to or replaced atomically (tokrl.atomic), so a kill -9 at any moment
+    The file is only ever appended to or replaced atomically (tokrl.infra.atomic), so a kill -9 at any moment
     leaves either the old history or the new one. resume_step: 0 starts a fresh file; s > 0 keeps the
     records up to step s (a run resumed from checkpoint-s drops what an interrupted process logged after
     that checkpoint, by an atomic replace) and appends. history: the metrics file those kept records come

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tokrl.extras import import_extra
+from tokrl.infra.extras import import_extra
 
 logger = logging.getLogger("tokrl")
 

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from tokrl import distributed
 from tokrl.config import TrainConfig
 from tokrl.head_transform import logit_transform
+from tokrl.infra import distributed
 from tokrl.metrics import peak_memory_mib, reset_peak_memory
 from tokrl.models import hidden_states, lm_head_weight, router_aux_loss_note
 from tokrl.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason

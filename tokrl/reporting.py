@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from tokrl.atomic import write_text_atomic
-from tokrl.extras import import_extra
-from tokrl.registry import register_in
+from tokrl.infra.atomic import write_text_atomic
+from tokrl.infra.extras import import_extra
+from tokrl.infra.registry import register_in
 
 logger = logging.getLogger("tokrl")
 

@@ -27,9 +27,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokrl.atomic import TEMP_FILE_PREFIX, fsync_dir
 from tokrl.checkpoint import CHECKPOINT_RE, checkpoint_dirs
 from tokrl.config import TrainConfig
+from tokrl.infra.atomic import TEMP_FILE_PREFIX, fsync_dir
 from tokrl.metrics import read_metrics_lines
 from tokrl.reporting import TENSORBOARD_DIR, WANDB_RUN_ID_FILE
 from tokrl.resume import (

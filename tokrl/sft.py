@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tokrl.atomic import copy_tree_atomic, fsync_tree
 from tokrl.head_transform import logit_transform
+from tokrl.infra.atomic import copy_tree_atomic, fsync_tree
 from tokrl.models import hidden_states, lm_head_weight, load_model
 from tokrl.rollout import encode_prompts, eos_token_ids, pack_sequences
 from tokrl.tasks import Task

@@ -28,7 +28,7 @@ anything is written (tokrl.preflight); a run stopped by a reward error, a non-fi
 checkpoint of its last good step first (one process; a reward error on one rank of several cannot be
 saved without the others) and says how to continue it.
 
-Multi-process (torchrun / accelerate launch; see tokrl/distributed.py): prompts_per_step is the global
+Multi-process (torchrun / accelerate launch; see tokrl/infra/distributed.py): prompts_per_step is the global
 batch, each rank rolls out its contiguous slice of the step's prompts, scored groups are gathered so
 every rank's algorithm state and the logged statistics are global, the loss weights use the global
 norm_units and the LoRA gradients are summed over ranks: one step equals one process's step on the whole
@@ -48,13 +48,14 @@ from typing import Any
 
 import torch
 
-from tokrl import distributed
 from tokrl.algorithms import Group, get_algorithm, validate_rewards
-from tokrl.atomic import write_text_atomic
 from tokrl.checkpoint import StopSignals, checkpoint_file, load_checkpoint, rng_state, save_checkpoint
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.context import check_prompt_lengths
 from tokrl.evaluate import evaluate
+from tokrl.infra import distributed
+from tokrl.infra.atomic import write_text_atomic
+from tokrl.infra.seeding import step_seed, stream_seed
 from tokrl.lora_targets import check_lora_targets_by_name
 from tokrl.metrics import (
     MetricsLog,
@@ -79,7 +80,6 @@ from tokrl.rollout import (
 )
 from tokrl.run_dir import SFT_DIR, plan_run
 from tokrl.run_lock import RunLock
-from tokrl.seeding import step_seed, stream_seed
 from tokrl.sft import sft_stage
 from tokrl.tasks import get_task
 from tokrl.tasks.base import RewardError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokrl.algorithms.base import AlgoConfig, Algorithm
-from tokrl.registry import register_in
+from tokrl.infra.registry import register_in
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from tokrl.registry import register_in
+from tokrl.infra.registry import register_in
 from tokrl.sampler.token_sampling import SamplingOptions
 
 SAMPLERS: dict[str, type] = {}

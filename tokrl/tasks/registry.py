@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tokrl.registry import register_in
+from tokrl.infra.registry import register_in
 from tokrl.tasks.base import Task
 
 TASKS: dict[str, type[Task]] = {}
