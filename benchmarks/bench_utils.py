@@ -50,7 +50,7 @@ def build_bench_model(**cuda_config: object) -> tuple[torch.nn.Module, str]:
         with torch.device(DEVICE):
             model = Qwen2ForCausalLM(config).to(torch.bfloat16)
         return model, "qwen2-1.5b-arch (random weights, bf16)"
-    from tokrl.models import build_tiny_model
+    from tokrl.models.tiny import build_tiny_model
 
     model, _tokenizer = build_tiny_model(seed=0)
     return model, "tokrl tiny qwen2 (fp32)"

@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tokrl.models import apply_lora  # noqa: E402
+from tokrl.models.lora import apply_lora  # noqa: E402
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph  # noqa: E402
 from tokrl.sampler.adapters import adapter_copies  # noqa: E402
 from tokrl.sampler.engine import decode_step, model_body, start_state  # noqa: E402

@@ -29,7 +29,7 @@ import torch
 from bench_utils import DEVICE, ON_CUDA, build_bench_model, device_name, peak_mib, sync
 from sampler_check import decode_step_ops, qwen2_1_5b_lora
 
-from tokrl.models import apply_lora
+from tokrl.models.lora import apply_lora
 from tokrl.sampler import SAMPLERS, SamplingOptions
 
 PROMPTS, GROUP = 4, 8

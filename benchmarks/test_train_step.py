@@ -38,7 +38,8 @@ from bench_utils import DEVICE, ON_CUDA, build_bench_model, check_close, extra_i
 
 import tokrl_kernels
 from tokrl.algorithms import AlgoConfig, Group, get_algorithm
-from tokrl.models import apply_lora, hidden_states, lm_head_weight
+from tokrl.models.forward import hidden_states, lm_head_weight
+from tokrl.models.lora import apply_lora
 from tokrl.rollout import LossRows, gather_rows, pack_loss_batch
 from tokrl_kernels.reference import pg_epilogue
 

@@ -26,7 +26,7 @@ from peft import LoraConfig  # noqa: E402
 
 from tokrl.config import PAPER_LORA_TARGETS  # noqa: E402
 from tokrl.integrations.trl import use_tokrl_kernels  # noqa: E402
-from tokrl.tokenizer import build_char_tokenizer  # noqa: E402
+from tokrl.models.tokenizer import build_char_tokenizer  # noqa: E402
 
 BATCH, PROMPT_LEN, COMPLETION_LEN = (8, 64, 512) if ON_CUDA else (8, 16, 64)
 LORA_R = 16

@@ -1,7 +1,7 @@
 """Tiny random causal LMs of every family tokrl promises to serve, built from transformers configs.
 
 Users bring Llama, Mistral, Gemma, Phi-3, OLMo-2, Qwen and MoE models; every feature is tested on these,
-never on Qwen2 alone. Each model has tokrl's character vocabulary (so `tokrl.tokenizer.build_char_tokenizer`
+never on Qwen2 alone. Each model has tokrl's character vocabulary (so `tokrl.models.tokenizer.build_char_tokenizer`
 is its tokenizer), 2 decoder layers, 4 query heads over 2 KV heads (GQA) where the family has GQA, and a
 wide initialisation (`INIT_RANGE`) so greedy decoding changes token along a completion.
 
@@ -22,7 +22,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from tokrl.tokenizer import EOS_TOKEN, PAD_TOKEN, VOCAB, VOCAB_SIZE, build_char_tokenizer
+from tokrl.models.tokenizer import EOS_TOKEN, PAD_TOKEN, VOCAB, VOCAB_SIZE, build_char_tokenizer
 
 INIT_RANGE = 0.3
 VOCAB_ROWS = -(-VOCAB_SIZE // 8) * 8  # the tiny model's vocabulary, rounded up to a multiple of 8

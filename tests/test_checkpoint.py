@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tokrl.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
-from tokrl.models import apply_lora, build_tiny_model
+from tokrl.models.lora import apply_lora
+from tokrl.models.tiny import build_tiny_model
 
 
 def _policy(seed: int, r: int = 4):

@@ -72,7 +72,7 @@ def test_eval_missing_local_adapter_fails_before_loading(tmp_path, capsys, monke
     def never(*args, **kwargs):
         raise AssertionError("the model must not load (and the hub must not be asked) for a missing adapter")
 
-    monkeypatch.setattr("tokrl.models.load_model", never)
+    monkeypatch.setattr("tokrl.models.loading.load_model", never)
     for adapter in (str(tmp_path / "run" / "checkpoint-3"), "checkpoint-3", "./runs/x"):
         assert main([*EVAL, "--adapter", adapter]) == EXIT_CONFIG_ERROR
         assert f"adapter: {adapter!r} does not exist" in _error(capsys)

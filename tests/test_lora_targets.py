@@ -9,7 +9,7 @@ from transformers import AutoConfig
 import tokrl
 from tests.model_families import FAMILIES, build_family_model, save_family_model
 from tokrl.config import ALL_LINEAR, PAPER_LORA_TARGETS, load_config
-from tokrl.lora_targets import (
+from tokrl.models.lora_targets import (
     check_lora_targets,
     check_lora_targets_by_name,
     linear_layer_names,
@@ -94,7 +94,7 @@ def test_train_refuses_missing_targets_before_anything_is_written(tmp_path):
 
 
 def test_tiny_config_skeleton_matches_the_tiny_model():
-    from tokrl.models import build_tiny_model
+    from tokrl.models.tiny import build_tiny_model
 
     assert linear_layer_names(model_skeleton(model_config("tiny"))) == linear_layer_names(build_tiny_model()[0])
     assert isinstance(model_config("tiny"), type(AutoConfig.for_model("qwen2")))

@@ -19,8 +19,9 @@ import torch
 
 from tests.model_families import FAMILIES, build_family_model
 from tokrl.config import load_config
-from tokrl.head_transform import logit_transform
-from tokrl.models import apply_lora, hidden_states, lm_head_weight
+from tokrl.models.forward import hidden_states, lm_head_weight
+from tokrl.models.head import logit_transform
+from tokrl.models.lora import apply_lora
 from tokrl.policy_update import PolicyUpdate
 from tokrl.rollout import LossRows
 from tokrl.sft import sft_loss

@@ -23,8 +23,8 @@ from peft.tuners.lora import LoraLayer
 
 import tokrl
 from tests.model_families import FAMILIES, save_family_model
-from tokrl.lora_targets import linear_layer_names
-from tokrl.models import load_model
+from tokrl.models.loading import load_model
+from tokrl.models.lora_targets import linear_layer_names
 
 PROMPTS = ["3*4=", "12*5=", "7*9=", "21*3=", "8*8=", "2*6="]
 

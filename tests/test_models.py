@@ -11,18 +11,11 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from tokrl.config import PAPER_LORA_TARGETS
-from tokrl.models import (
-    apply_lora,
-    build_tiny_model,
-    check_lm_head_not_adapted,
-    hidden_states,
-    lm_head_weight,
-    load_model,
-    resolve_dtype,
-    tiny_config,
-    trainable_parameter_count,
-)
-from tokrl.tokenizer import VOCAB, VOCAB_SIZE
+from tokrl.models.forward import hidden_states, lm_head_weight
+from tokrl.models.loading import load_model, resolve_dtype
+from tokrl.models.lora import apply_lora, check_lm_head_not_adapted, trainable_parameter_count
+from tokrl.models.tiny import build_tiny_model, tiny_config
+from tokrl.models.tokenizer import VOCAB, VOCAB_SIZE
 
 # Left-padded batch whose rows have different amounts of padding and several real tokens each: with a
 # single real token attention is position-free, so wrong position ids would go unnoticed.

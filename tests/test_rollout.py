@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tokrl.algorithms import GroupSelection
-from tokrl.models import build_tiny_model, hidden_states, lm_head_weight
+from tokrl.models.forward import hidden_states, lm_head_weight
+from tokrl.models.tiny import build_tiny_model
 from tokrl.rollout import (
     cut_at_eos,
     decode,

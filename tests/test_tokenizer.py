@@ -10,8 +10,8 @@ import torch
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer
 
-from tokrl.models import tiny_config
-from tokrl.tokenizer import (
+from tokrl.models.tiny import tiny_config
+from tokrl.models.tokenizer import (
     BYTE_VOCAB,
     CHARACTERS,
     EOS_TOKEN,

@@ -54,7 +54,7 @@ def _config_errors() -> tuple[type[Exception], ...]:
     no traceback)."""
     from tokrl.checkpoint import CheckpointError
     from tokrl.infra.extras import MissingExtraError
-    from tokrl.models import ModelLoadError
+    from tokrl.models.loading import ModelLoadError
 
     return (
         ValueError, TypeError, FileNotFoundError, ConnectionError, ModelLoadError, CheckpointError, MissingExtraError

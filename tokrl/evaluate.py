@@ -42,7 +42,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Greedy accuracy@1 of `model` on `task`'s `split` (the first `limit` examples when given).
 
-    model: a loaded causal LM (then `tokenizer` is required) or a name/path for `tokrl.models.load_model`,
+    model: a loaded causal LM (then `tokenizer` is required) or a name/path for `tokrl.models.loading.load_model`,
     optionally with a LoRA `adapter` directory. task: a Task or a registry name (with `task_options`).
     Returns {"accuracy", "n", "mean_reward", "seconds"} plus "examples" (the first `examples`
     (prompt, completion, reward) triples) when asked. `sampler`: auto | tokrl | hf (tokrl/sampler/).
@@ -94,7 +94,7 @@ def _load(name: str, adapter: str | None, dtype: str | None, device: str) -> tup
     from peft import PeftModel
 
     from tokrl.eval_defaults import is_adapter_dir
-    from tokrl.models import load_model
+    from tokrl.models.loading import load_model
 
     if is_adapter_dir(name):
         raise ValueError(

@@ -6,7 +6,7 @@ For the selected rows (completion b, position t, token v, advantage A, weight w)
     loss   = sum_k w_k * (pg_k + beta * kl_k)                           linear_pg_loss, reduction="sum"
 with the log-probs taken at `temperature` (the sampling temperature, so pi_theta is the distribution the
 tokens were drawn from) straight from hidden rows and the LM head weight, through the model's logit scale and
-soft-cap (`tokrl.head_transform`): [k, V] logits are never built. A Mixture-of-Experts model's router
+soft-cap (`tokrl.models.head`): [k, V] logits are never built. A Mixture-of-Experts model's router
 load-balancing loss is not added (the run logs so once).
 num_iterations > 1 repeats loss/backward/step on the same rows with the first iteration's log-probs as
 pi_old (PPO ratio and clipping). beta > 0 reads the reference log-probs from the same model with the LoRA
@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 from tokrl.config import TrainConfig
-from tokrl.head_transform import logit_transform
 from tokrl.infra import distributed
 from tokrl.metrics import peak_memory_mib, reset_peak_memory
-from tokrl.models import hidden_states, lm_head_weight, router_aux_loss_note
+from tokrl.models.forward import hidden_states, lm_head_weight, router_aux_loss_note
+from tokrl.models.head import logit_transform
 from tokrl.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason
 from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch, set_training
 from tokrl_kernels import linear_logprob, linear_pg_loss

@@ -23,9 +23,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBa
 
 from tokrl.config import TrainConfig
 from tokrl.context import check_prompt_lengths
-from tokrl.models import TINY_NAME, apply_lora, tiny_config
+from tokrl.models.lora import apply_lora
+from tokrl.models.names import TINY_NAME
+from tokrl.models.tiny import tiny_config
+from tokrl.models.tokenizer import build_char_tokenizer
 from tokrl.tasks import Task
-from tokrl.tokenizer import build_char_tokenizer
 
 logger = logging.getLogger("tokrl")
 

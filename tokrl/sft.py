@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tokrl.head_transform import logit_transform
 from tokrl.infra.atomic import copy_tree_atomic, fsync_tree
-from tokrl.models import hidden_states, lm_head_weight, load_model
+from tokrl.models.forward import hidden_states, lm_head_weight
+from tokrl.models.head import logit_transform
+from tokrl.models.loading import load_model
 from tokrl.rollout import encode_prompts, eos_token_ids, pack_sequences
 from tokrl.tasks import Task
 from tokrl_kernels import linear_logprob

@@ -56,7 +56,6 @@ from tokrl.evaluate import evaluate
 from tokrl.infra import distributed
 from tokrl.infra.atomic import write_text_atomic
 from tokrl.infra.seeding import step_seed, stream_seed
-from tokrl.lora_targets import check_lora_targets_by_name
 from tokrl.metrics import (
     MetricsLog,
     peak_memory_mib,
@@ -65,7 +64,9 @@ from tokrl.metrics import (
     sampler_gap_stats,
     sampler_logp_gaps,
 )
-from tokrl.models import apply_lora, load_model, trainable_parameter_count
+from tokrl.models.loading import load_model
+from tokrl.models.lora import apply_lora, trainable_parameter_count
+from tokrl.models.lora_targets import check_lora_targets_by_name
 from tokrl.policy_update import PolicyUpdate
 from tokrl.preflight import check_model_options
 from tokrl.reporting import build_reporters, check_reporters

@@ -8,7 +8,7 @@ import pytest
 
 trl = pytest.importorskip("trl", reason="TRL is an optional extra: pip install tokrl[trl]")
 
-from tokrl.models import build_tiny_model  # noqa: E402
+from tokrl.models.tiny import build_tiny_model  # noqa: E402
 
 PROMPTS = ["12+3=", "7*8=", "9-4=", "1+1=", "40/5=", "3*3=", "8+0=", "6-6="]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokrl.head_transform import PLAIN_HEAD, LogitTransform
 from tokrl.integrations.pg_rows import PGLossRequest, pg_loss_rows, ratio_weighted_kl_inputs
+from tokrl.models.head import PLAIN_HEAD, LogitTransform
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28
 

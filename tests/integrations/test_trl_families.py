@@ -25,7 +25,7 @@ from tests.integrations.conftest import PROMPTS, digit_reward, grpo_args
 from tests.integrations.test_trl_equivalence import METRICS, TOL, _batch, _loss_grads_metrics
 from tests.model_families import FAMILIES, build_family_model, save_family_model
 from tokrl.integrations.trl import TokrlGRPOTrainer
-from tokrl.lora_targets import linear_layer_names
+from tokrl.models.lora_targets import linear_layer_names
 
 # TRL's default use_bias_correction_kl=True. disable_dropout: GPT-2's own dropout (0.1) would draw different masks
 # in the two trainers' train-mode forwards.

@@ -16,8 +16,8 @@ from tests.integrations.conftest import PROMPTS, digit_reward, grpo_args
 from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl import TokrlGRPOTrainer, UnsupportedByTokrl, use_tokrl_kernels
 from tokrl.integrations.trl_head import check_head_servable
-from tokrl.models import build_tiny_model
-from tokrl.tokenizer import build_char_tokenizer
+from tokrl.models.tiny import build_tiny_model
+from tokrl.models.tokenizer import build_char_tokenizer
 
 
 def _trainer(tmp_path, model, cls=GRPOTrainer, **kwargs):

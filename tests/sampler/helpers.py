@@ -7,7 +7,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, GptOssConfig, Qwen2Config, Qwen2ForCausalLM
 
 from tests.model_families import _COMMON as FAMILY_COMMON
-from tokrl.models import apply_lora, build_tiny_model
+from tokrl.models.lora import apply_lora
+from tokrl.models.tiny import build_tiny_model
 from tokrl.rollout import encode_prompts
 
 # A wide initialisation makes the random models' next-token choices vary along a completion (with the

@@ -13,7 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tests.model_families import FAMILIES, build_family_model
 from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model, with_lora
-from tokrl.models import apply_lora
+from tokrl.models.lora import apply_lora
 from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph
 from tokrl.sampler.engine import model_body

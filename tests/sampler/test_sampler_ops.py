@@ -10,7 +10,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokrl.config import PAPER_LORA_TARGETS
-from tokrl.models import apply_lora
+from tokrl.models.lora import apply_lora
 from tokrl.sampler.adapters import adapter_copies
 from tokrl.sampler.engine import decode_step, model_body, start_state
 from tokrl.sampler.merged import merged_weights

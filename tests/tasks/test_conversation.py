@@ -9,9 +9,9 @@ import datasets
 import pytest
 
 from tokrl.config import load_config
+from tokrl.models.tokenizer import build_char_tokenizer
 from tokrl.tasks import get_task
 from tokrl.tasks.conversation import as_assistant_messages, is_conversational
-from tokrl.tokenizer import build_char_tokenizer
 from tokrl.trainer import Trainer
 
 CHATS = [

@@ -2,7 +2,7 @@
 
     H_i = logsumexp(z_i) - sum_v softmax(z_i)_v * z_i,v,   z_i = map(hidden[index[i]] @ weight.T) / T   [V] fp32
 
-`map` is the model's logit scale and soft-cap (`tokrl.head_transform.LogitTransform`; identity for most models).
+`map` is the model's logit scale and soft-cap (`tokrl.models.head.LogitTransform`; identity for most models).
 
 `logprob_and_entropy` asks `tokrl_kernels.linear_logprob(..., return_entropy=True)` for both when the installed
 kernels accept that argument (differentiable entropy, one pass). Otherwise it takes the log-probs from
@@ -16,7 +16,7 @@ import inspect
 
 import torch
 
-from tokrl.head_transform import PLAIN_HEAD, LogitTransform
+from tokrl.models.head import PLAIN_HEAD, LogitTransform
 
 # Bound at import: once the Triton backend loads, the submodule `tokrl_kernels.linear_logprob` replaces the
 # package attribute of the same name, so `tokrl_kernels.linear_logprob` would then be a module.

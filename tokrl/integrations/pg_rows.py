@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tokrl.head_transform import LogitTransform
 from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY, chunked_entropy, logprob_and_entropy
+from tokrl.models.head import LogitTransform
 from tokrl_kernels import linear_pg_loss
 
 

@@ -44,11 +44,11 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
-from tokrl.head_transform import logit_transform
 from tokrl.integrations import loss_calls
 from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl_head import UnsupportedByTokrl, check_head_servable, patch_fused_head
 from tokrl.integrations.trl_loss import config_fallback_reason, install_pg_loss
+from tokrl.models.head import logit_transform
 from tokrl_kernels import resolve_impl
 
 __all__ = ["MODES", "TokrlGRPOTrainer", "UnsupportedByTokrl", "use_tokrl_kernels"]

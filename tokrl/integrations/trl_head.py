@@ -10,7 +10,7 @@ next-token label is not -100 with `ChunkedLogProbFunction`. `patch_fused_head` w
     log_probs = zeros(B, L - 1).masked_scatter(mask, logp)      (TRL's FusedCausalLMOutput contract)
 
 Rows are picked by index, so no [k, D] copy of the hidden states is made, and no [k, V] logits exist. `head` is
-the model's logit scale and soft-cap (Cohere, Granite, Gemma-2: `tokrl.head_transform`, read the way TRL reads
+the model's logit scale and soft-cap (Cohere, Granite, Gemma-2: `tokrl.models.head`, read the way TRL reads
 them). W is looked up on every call through the head module, so a trainable copy of the head (peft
 `modules_to_save=["lm_head"]`) is the weight scored, and trained through the kernels' dW; with the adapter
 disabled (TRL's reference pass) peft hands back the original. An MoE call with `output_router_logits=True` (TRL
@@ -40,9 +40,9 @@ import torch
 from transformers import PreTrainedModel
 from trl.trainer.utils import FusedCausalLMOutput
 
-from tokrl.head_transform import LogitTransform, logit_transform
 from tokrl.integrations.entropy import logprob_and_entropy
 from tokrl.integrations.pg_rows import PGLossOutput, PGLossRequest, pg_loss_rows
+from tokrl.models.head import LogitTransform, logit_transform
 
 __all__ = ["PGLossOutput", "PGLossRequest", "UnsupportedByTokrl", "check_head_servable", "patch_fused_head"]
 PATCHED_ATTR = "_tokrl_fused_head"
@@ -57,7 +57,7 @@ def check_head_servable(model: PreTrainedModel, adapted: torch.nn.Module | None 
 
     model: the transformers model whose forward gets patched; adapted: the PEFT model around it, if any.
     """
-    from tokrl.models import check_lm_head_not_adapted
+    from tokrl.models.lora import check_lm_head_not_adapted
 
     name = type(model).__name__
     head = model.get_output_embeddings()

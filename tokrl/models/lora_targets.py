@@ -28,7 +28,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from tokrl.config import ALL_LINEAR
+from tokrl.models.names import ALL_LINEAR, TINY_NAME
+from tokrl.models.tiny import tiny_config
 
 _LINEAR_TYPES = (torch.nn.Linear, Conv1D)
 
@@ -88,9 +89,7 @@ def check_lora_targets(model: torch.nn.Module, targets: str | Sequence[str]) -> 
 def model_config(name_or_path: str) -> PretrainedConfig | None:
     """The model's config without its weights: tiny, a local directory, or a hub id already in the local cache;
     None when it cannot be read without the network (the check then runs after loading)."""
-    if name_or_path == "tiny":
-        from tokrl.models import tiny_config
-
+    if name_or_path == TINY_NAME:
         return tiny_config()
     path = os.path.expanduser(name_or_path)
     try:
