@@ -44,10 +44,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tokrl.models.forward import transformers_model  # noqa: E402
 from tokrl.models.lora import apply_lora  # noqa: E402
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph  # noqa: E402
 from tokrl.sampler.adapters import adapter_copies  # noqa: E402
-from tokrl.sampler.engine import decode_step, model_body, start_state  # noqa: E402
+from tokrl.sampler.engine import decode_step, start_state  # noqa: E402
 from tokrl.sampler.merged import merged_weights  # noqa: E402
 from tokrl.sampler.profiling import count_ops, decoder_layers  # noqa: E402
 from tokrl.sampler.state import arena_for  # noqa: E402
@@ -88,7 +89,7 @@ def decode_step_ops(model: torch.nn.Module, adapters: str = "copies") -> dict[st
     """Aten ops of one eager decode step of `model` (tokrl/sampler/profiling.py): per layer, outside the
     layers, syncs. adapters: "copies" (the tokrl sampler: LoRA in the model's dtype), "fp32" (peft's own
     fp32 adapters, what the sampler ran before) or "merged" (the tokrl-merged sampler)."""
-    body = model_body(model)
+    body = transformers_model(model)
     with model.disable_adapter() if adapters == "merged" else contextlib.nullcontext():
         overrides = {"copies": lambda: adapter_copies(body).copies, "fp32": dict,
                      "merged": lambda: merged_weights(body).copies}[adapters]()  # fmt: skip
@@ -186,7 +187,7 @@ def graph_backend(device: torch.device) -> Callable[[torch.device], cuda_graph.G
 
 def kernels_of_replays(model, prompts, device, replays: int = 3) -> dict[str, object]:
     """Profile `replays` replays of the first captured step of a fresh call's state."""
-    body = model_body(model)
+    body = transformers_model(model)
     graphs = cuda_graph.graphs_for(body, graph_backend(device)(device))
     if not graphs.replays:
         raise RuntimeError("no captured step to replay (run the graphed part first)")
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     start = time.perf_counter()
     model = qwen2_1_5b_lora(layers, device, tiny=tiny, dtype=torch.float32 if tiny else torch.bfloat16)
-    vocab = model_body(model).config.vocab_size
+    vocab = transformers_model(model).config.vocab_size
     global EOS, GROUP, NEW_TOKENS, HF_TOKENS, ROUNDS
     EOS = min(EOS, vocab - 1)
     if tiny:  # sizes that keep the CPU run (the script's test) short
@@ -299,11 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.reset_peak_memory_stats(device)
         seconds, (tokens, logps, sampler) = _timed_calls(call, device, ROUNDS)
         graphed.update(tokens=tokens, logps=logps, seconds=seconds)
-        graphs = cuda_graph.graphs_for(model_body(model), graph_backend(device)(device))
+        graphs = cuda_graph.graphs_for(transformers_model(model), graph_backend(device)(device))
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         return {
             **_rate(seconds, tokens), "first_call_s": round(first, 3), "sampler_graphed": sampler.graphed_share,
-            "graphs": len(graphs.replays), "kv_arena_mib": round(arena_for(model_body(model)).kv_bytes() / 2**20, 2),
+            "graphs": len(graphs.replays),
+            "kv_arena_mib": round(arena_for(transformers_model(model)).kv_bytes() / 2**20, 2),
             "peak_mem_mib": None if peak is None else round(peak, 1),
         }  # fmt: skip
 
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         call()  # captures
         seconds, (tokens, _, sampler) = _timed_calls(call, device, ROUNDS)
         rate = {**_rate(seconds, tokens), "sampler_graphed": sampler.graphed_share}
-        copies = merged_weights(model_body(model)).copies.values()
+        copies = merged_weights(transformers_model(model)).copies.values()
         rate["merged_copies_mib"] = round(sum(c.numel() * c.element_size() for c in copies) / 2**20, 1)
         if graphed:
             rate["speedup_over_unmerged"] = round(graphed["seconds"] / seconds, 2)

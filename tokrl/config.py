@@ -32,6 +32,7 @@ import yaml
 
 from tokrl.algorithms.base import AlgoConfig
 from tokrl.algorithms.sampling import SELECTION_RULES
+from tokrl.infra.hub import looks_like_path
 
 __all__ = [
     "AlgoConfig",
@@ -611,8 +612,7 @@ def validate_model_name(model: str) -> None:
     """'tiny', an existing local directory, or something shaped like a hub id ('org/name' or 'name')."""
     if model == "tiny" or Path(model).is_dir():
         return
-    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or not model.strip()
-    if looks_like_path:
+    if looks_like_path(model):
         raise ValueError(
             f"model: unknown {model!r}; expected one of: 'tiny' (built in), a local model directory "
             "(with config.json), or a Hugging Face hub id such as 'Qwen/Qwen2-1.5B'"

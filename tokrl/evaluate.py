@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tokrl.infra import distributed
+from tokrl.infra.hub import looks_like_path
 from tokrl.rollout import decode, encode_prompts, generate
 from tokrl.tasks import Task, get_task
 
@@ -137,9 +138,9 @@ def check_adapter_files(adapter: str) -> None:
 
 
 def _missing_local_path(name: str) -> bool:
-    """True for a path that does not exist and cannot be a hub id ("org/name"): it starts with . / ~, has
-    no "/" or more than one, or its parent folder exists."""
+    """True for a path that does not exist and cannot be an adapter on the hub: no hub id (`looks_like_path`),
+    no "org/" part (adapters on the hub always have one), or its parent folder exists."""
     path = Path(name).expanduser()
     if path.exists():
         return False
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or path.parent.is_dir()
+    return looks_like_path(name) or "/" not in name or path.parent.is_dir()

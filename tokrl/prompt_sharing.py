@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
+from tokrl.models.forward import transformers_model
 from tokrl.rollout import LossRows
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
@@ -56,15 +57,9 @@ class SharedPromptBatch:
     tokens: torch.Tensor
 
 
-def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers LM inside a peft model (LoRA layers injected in place), or the model itself."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     """The decoder stack (final norm included, no LM head)."""
-    return _transformers_model(model).base_model
+    return transformers_model(model).base_model
 
 
 @functools.cache
@@ -89,9 +84,9 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
         return f"layer types {sorted(kinds)} (only full attention layers are supported, no sliding windows)"
     if "position_ids" not in inspect.signature(type(decoder).forward).parameters:
         return f"{type(decoder).__name__}.forward takes no position_ids"
-    checkpointing = getattr(_transformers_model(model), "is_activation_checkpointing", None)
+    checkpointing = getattr(transformers_model(model), "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers before the rename
-        checkpointing = getattr(_transformers_model(model), "is_gradient_checkpointing", False)
+        checkpointing = getattr(transformers_model(model), "is_gradient_checkpointing", False)
     if checkpointing:
         return "gradient checkpointing is on (it drops the keys/values the rows continue from)"
     return None

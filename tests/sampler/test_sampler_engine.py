@@ -10,9 +10,10 @@ import torch
 
 from tests.sampler.helpers import attention_sinks_model, prompts_with_replay, qwen2_lora, tiny_model
 from tests.utils import assert_close_to_ref
+from tokrl.models.forward import transformers_model
 from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, resolve_sampler
-from tokrl.sampler.engine import decode_step, model_body, prefill, run_eager, start_state
+from tokrl.sampler.engine import decode_step, prefill, run_eager, start_state
 from tokrl.sampler.rows import left_pad
 
 
@@ -65,7 +66,7 @@ def test_sampling_with_a_seed_equals_hf_generate_and_repeats(lora):
 def test_prefill_and_decode_logits_equal_a_full_forward(tiny, lora, which):
     model, tok = tiny if which == "tiny" else lora
     prompts, steps = prompts_with_replay(tok), 6
-    body = model_body(model)
+    body = transformers_model(model)
     ids, mask = left_pad(prompts, tok.pad_token_id)
     _, first = prefill(body, ids, mask)  # [P, V]
     options = SamplingOptions(do_sample=True, temperature=1.3)
@@ -102,7 +103,7 @@ def test_lora_runs_unmerged_and_matters(lora):
 def _run(model, tok, prompts, check_every, eos_ids):
     torch.manual_seed(99)
     options = SamplingOptions(do_sample=True, temperature=1.5)
-    body = model_body(model)
+    body = transformers_model(model)
     return run_eager(body, prompts, 8, 40, options, eos_ids, tok.pad_token_id, check_every=check_every)
 
 

@@ -11,10 +11,10 @@ import torch
 
 from tests.model_families import FAMILIES, build_family_model, family_params
 from tests.sampler.helpers import attention_sinks_model, with_lora
+from tokrl.models.forward import transformers_model
 from tokrl.rollout import encode_prompts, generate, sample_groups
 from tokrl.sampler import SAMPLERS, resolve_sampler
 from tokrl.sampler import support as support_module
-from tokrl.sampler.engine import model_body
 
 # Gemma-2/3 (scaled embeddings, soft-capped logits) at the shared wide initialisation put all the mass on
 # one token, and tokens equal to generate's would prove nothing: they are built narrower here.
@@ -121,7 +121,7 @@ def test_the_probe_catches_a_model_that_ignores_the_engine(monkeypatch, dtype):
     """A fault that raises nothing (here: the mask ignored, so pads are attended) is caught numerically, in
     bf16 too (where one token over the tolerance is let through: an MoE router's near-tie)."""
     model, _ = build_family_model("llama")
-    body = model_body(model.to(dtype))
+    body = transformers_model(model.to(dtype))
     assert support_module.probe_reason(body) is None
     monkeypatch.setattr(
         "tokrl.sampler.engine.hidden_bias", lambda visible, dtype: torch.zeros(visible.shape, dtype=dtype)
@@ -134,7 +134,7 @@ def test_probe_leaves_model_rng_and_mode_as_they_were():
     model, _ = build_family_model("qwen3")
     model.train()
     state = torch.random.get_rng_state()
-    assert support_module.probe_reason(model_body(model)) is None
+    assert support_module.probe_reason(transformers_model(model)) is None
     assert model.training and torch.equal(torch.random.get_rng_state(), state)
 
 

@@ -13,10 +13,10 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tests.model_families import FAMILIES, build_family_model
 from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model, with_lora
+from tokrl.models.forward import transformers_model
 from tokrl.models.lora import apply_lora
 from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph
-from tokrl.sampler.engine import model_body
 
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device("cuda")
@@ -159,4 +159,4 @@ def test_families_in_bf16_are_graphed_and_match_a_forward(name, overrides):
     # generate). A misaligned token or ignored cache would be off by nats everywhere.
     assert float(gaps.mean()) < 0.1 and float(gaps.quantile(0.95)) < 0.3, (name, gaps)
     assert FAMILIES[name].moe or float(gaps.max()) < 0.6, (name, gaps)
-    assert model_body(model).config._attn_implementation != "tokrl_sampler"  # restored after sampling
+    assert transformers_model(model).config._attn_implementation != "tokrl_sampler"  # restored after sampling

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model
+from tokrl.models.forward import transformers_model
 from tokrl.sampler import cuda_graph
-from tokrl.sampler.engine import decode_step, decode_until_done, model_body, start_state
+from tokrl.sampler.engine import decode_step, decode_until_done, start_state
 from tokrl.sampler.state import WINDOW_STEP, arena_for
 from tokrl.sampler.token_sampling import SamplingOptions
 
@@ -27,7 +28,7 @@ class FailingCapture(cuda_graph.CallReplay):
 @pytest.fixture(scope="module")
 def lora():
     _, tok = tiny_model()
-    return model_body(qwen2_lora(tok)), tok
+    return transformers_model(qwen2_lora(tok)), tok
 
 
 def _eager(body, prompts, n, pad, rows):
@@ -107,7 +108,7 @@ def test_buckets_and_signature():
     """The row buckets and the capture key's adapter signature."""
     assert [cuda_graph.row_bucket(b) for b in (1, 8, 9, 32, 33)] == [8, 8, 16, 32, 64]
     model = qwen2_lora(tiny_model()[1])
-    body = model_body(model)
+    body = transformers_model(model)
     before = cuda_graph.module_signature(body)
     with model.disable_adapter():
         assert cuda_graph.module_signature(body) != before  # a replay must not run the captured adapter

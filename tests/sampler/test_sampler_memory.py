@@ -10,9 +10,9 @@ import weakref
 import torch
 
 from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model
+from tokrl.models.forward import transformers_model
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph
 from tokrl.sampler import engine as engine_module
-from tokrl.sampler.engine import model_body
 from tokrl.sampler.state import arena_for
 
 
@@ -26,7 +26,7 @@ def _sample(model, tok, prompts, g, n):
 def test_calls_reuse_one_arena_and_prefill_only_the_distinct_prompts(monkeypatch):
     _, tok = tiny_model()
     model = qwen2_lora(tok)
-    body = model_body(model)
+    body = transformers_model(model)
     prompts = prompts_with_replay(tok)
     prefills = []  # (rows, columns) of every prompt cache
 
@@ -56,7 +56,7 @@ def test_calls_reuse_one_arena_and_prefill_only_the_distinct_prompts(monkeypatch
 def test_growing_the_arena_drops_the_graphs_that_read_it(monkeypatch):
     _, tok = tiny_model()
     model = qwen2_lora(tok)
-    body = model_body(model)
+    body = transformers_model(model)
     monkeypatch.setattr(cuda_graph, "backend_for", lambda device: cuda_graph.CallReplay())
     prompts = prompts_with_replay(tok)
     _sample(model, tok, prompts, 2, 8)
@@ -75,5 +75,5 @@ def test_each_model_keeps_its_own_arena():
     a, b = qwen2_lora(tok), qwen2_lora(tok)
     _sample(a, tok, prompts_with_replay(tok), 2, 4)
     _sample(b, tok, prompts_with_replay(tok), 2, 4)
-    assert arena_for(model_body(a)) is not arena_for(model_body(b))
-    assert torch.is_tensor(arena_for(model_body(a)).keys[0])
+    assert arena_for(transformers_model(a)) is not arena_for(transformers_model(b))
+    assert torch.is_tensor(arena_for(transformers_model(a)).keys[0])

@@ -10,9 +10,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokrl.config import PAPER_LORA_TARGETS
+from tokrl.models.forward import transformers_model
 from tokrl.models.lora import apply_lora
 from tokrl.sampler.adapters import adapter_copies
-from tokrl.sampler.engine import decode_step, model_body, start_state
+from tokrl.sampler.engine import decode_step, start_state
 from tokrl.sampler.merged import merged_weights
 from tokrl.sampler.profiling import count_ops, decoder_layers
 from tokrl.sampler.token_sampling import SamplingOptions
@@ -36,7 +37,7 @@ def _model(lora: bool) -> torch.nn.Module:
 
 
 def _step_ops(model: torch.nn.Module, overrides: dict | None):
-    body = model_body(model)
+    body = transformers_model(model)
     state = start_state(body, [[5, 6, 7], [8]], 2, 4, OPTIONS, [1], 0, overrides=overrides)
     state.at_step(1)
     return count_ops(lambda: decode_step(body, state, OPTIONS, overrides), decoder_layers(body))
@@ -48,11 +49,11 @@ def counts():
     assert next(p for n, p in lora.named_parameters() if "lora_A" in n).dtype == torch.float32  # as peft makes them
     counts = {
         "base": _step_ops(_model(lora=False), None),
-        "lora": _step_ops(lora, adapter_copies(model_body(lora)).copies),
+        "lora": _step_ops(lora, adapter_copies(transformers_model(lora)).copies),
         "lora_fp32": _step_ops(lora, {}),
     }
     with lora.disable_adapter():  # what the tokrl-merged sampler runs
-        counts["merged"] = _step_ops(lora, merged_weights(model_body(lora)).copies)
+        counts["merged"] = _step_ops(lora, merged_weights(transformers_model(lora)).copies)
     return counts
 
 

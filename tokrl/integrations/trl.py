@@ -48,6 +48,7 @@ from tokrl.integrations import loss_calls
 from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl_head import UnsupportedByTokrl, check_head_servable, patch_fused_head
 from tokrl.integrations.trl_loss import config_fallback_reason, install_pg_loss
+from tokrl.models.forward import transformers_model
 from tokrl.models.head import logit_transform
 from tokrl_kernels import resolve_impl
 
@@ -59,8 +60,7 @@ MODES = ("logprob", "pg_loss")
 
 def _hf_model(trainer: GRPOTrainer, model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model whose forward TRL patched: unwrapped from accelerate, then from PEFT."""
-    model = trainer.accelerator.unwrap_model(model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return transformers_model(trainer.accelerator.unwrap_model(model))
 
 
 def use_tokrl_kernels(trainer: GRPOTrainer, mode: str = "logprob", impl: str = "auto") -> GRPOTrainer:

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from tokrl.models.forward import transformers_model
+
 
 @dataclass(frozen=True)
 class LogitTransform:
@@ -52,8 +54,7 @@ PLAIN_HEAD = LogitTransform()  # logits = h @ W.T
 
 
 def _model_config(model: Any) -> Any:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's transformer
-    config = base.config
+    config = transformers_model(model).config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 

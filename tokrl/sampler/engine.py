@@ -41,12 +41,6 @@ from tokrl.sampler.token_sampling import SamplingOptions, choose_tokens
 Overrides = dict[str, torch.Tensor]  # parameter name -> the tensor the forward reads instead
 
 
-def model_body(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model to call: inside a peft model, the base model (LoRA layers injected in place)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 @functools.cache
 def forward_names(model_class: type) -> tuple[str, bool]:
     """(the forward's cache argument, whether it takes cache_position): transformers >= 5.2x calls the cache

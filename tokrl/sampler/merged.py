@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tokrl.models.forward import transformers_model
 from tokrl.sampler.adapters import WeightCopies, new_version
-from tokrl.sampler.engine import model_body
 from tokrl.sampler.native import TokrlSampler
 from tokrl.sampler.registry import register_sampler
 
@@ -55,7 +55,7 @@ def merge_reason(model: torch.nn.Module) -> str | None:
     if not callable(getattr(model, "disable_adapter", None)):
         return f"{type(model).__name__} is not a peft model (nothing to merge)"
     linear = _lora_linear_class()
-    layers = _tuner_layers(model_body(model))
+    layers = _tuner_layers(transformers_model(model))
     if not layers:
         return "the model has no LoRA layers (nothing to merge)"
     for name, layer in layers:
@@ -113,7 +113,7 @@ class MergedTokrlSampler(TokrlSampler):
     @staticmethod
     def copy_bytes(model: torch.nn.Module) -> int:
         """Bytes of the merged copies this sampler would hold for `model` (one per adapted base weight)."""
-        weights = [layer.base_layer.weight for _, layer in _tuner_layers(model_body(model))]
+        weights = [layer.base_layer.weight for _, layer in _tuner_layers(transformers_model(model))]
         return sum(w.numel() * w.element_size() for w in weights)
 
     def weights(self, model: torch.nn.Module, body: torch.nn.Module) -> WeightCopies:

@@ -7,9 +7,10 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from tokrl.models.forward import transformers_model
 from tokrl.sampler import cuda_graph
 from tokrl.sampler.adapters import WeightCopies, adapter_copies
-from tokrl.sampler.engine import model_body, run_eager
+from tokrl.sampler.engine import run_eager
 from tokrl.sampler.registry import register_sampler
 from tokrl.sampler.rows import cut_at_eos
 from tokrl.sampler.state import arena_for
@@ -58,7 +59,7 @@ class TokrlSampler:
         eos_ids: Sequence[int],
         pad_id: int,
     ) -> tuple[list[list[int]], list[list[float]]]:
-        body = model_body(model)
+        body = transformers_model(model)
         batch = len(prompts) * num_generations
         if batch == 0 or max_new_tokens == 0:
             return [[] for _ in range(batch)], [[] for _ in range(batch)]

@@ -17,7 +17,8 @@ import weakref
 
 import torch
 
-from tokrl.sampler.engine import model_body, run_eager
+from tokrl.models.forward import transformers_model
+from tokrl.sampler.engine import run_eager
 from tokrl.sampler.token_sampling import SamplingOptions
 
 PROBE_TOKENS = 3
@@ -86,7 +87,7 @@ def probe_reason(body: torch.nn.Module) -> str | None:
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why the engine cannot run `model` (None when it can); the probe's answer is kept per model."""
-    body = model_body(model)
+    body = transformers_model(model)
     reason = static_reason(body)
     if reason is not None:
         return reason

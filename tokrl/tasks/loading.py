@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from tokrl.infra.hub import looks_like_path
+
 # Suffix -> `datasets` packaged builder.
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 DatasetSource = datasets.Dataset | datasets.DatasetDict | str | os.PathLike
 
@@ -91,12 +91,7 @@ def check_data_file(path: Path) -> None:
 
 
 def _looks_like_path(text: str) -> bool:
-    return (
-        Path(text).suffix.lower() in BUILDERS
-        or text.startswith((".", "/", "~", os.sep))
-        or text.count("/") > 1
-        or not _HUB_ID.match(text)
-    )
+    return Path(text).suffix.lower() in BUILDERS or looks_like_path(text)
 
 
 def _load_dir(path: Path) -> datasets.Dataset | datasets.DatasetDict:
