@@ -78,7 +78,7 @@ def _profile(args: argparse.Namespace, trainer: Any, log: Any, step: Any) -> dic
     """Phase times and host reads over args.steps steps, then aten ops over args.profile_steps (docstring)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from tokrl.policy_update import PolicyUpdate
+    from tokrl.stages.update import PolicyUpdate
 
     shapes: list[tuple[int, int]] = []
     real_apply = PolicyUpdate.apply
@@ -172,7 +172,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from tokrl.config import load_config
-    from tokrl.sft import sft_stage
+    from tokrl.stages.warm_start import sft_stage
     from tokrl.tasks import get_task
 
     config = load_config(PRESET, output_dir=args.cache_dir)

@@ -10,7 +10,7 @@ from an exponential distribution with mean BRANCH_MEAN tokens (sampled completio
 their first tokens and drift apart early), so T-SPMO finds branching points as in real groups.
 
 The rows come from the real algorithms (`process_group`), and the tokrl variants run the trainer's own
-update path: `tokrl.rollout.pack_loss_batch` (only completions with a selected token, each cut after its
+update path: `tokrl.stages.select.pack_loss_batch` (only completions with a selected token, each cut after its
 own last selected position, left-padded into one batch), `tokrl.models.hidden_states` (no logits) and
 `tokrl_kernels.linear_pg_loss` (impl="auto": Triton on CUDA, the PyTorch twin on CPU). Variants:
 - grpo_naive           the model's forward with full [B, L, V] logits, fp32 log_softmax, gather at every
@@ -40,7 +40,7 @@ import tokrl_kernels
 from tokrl.algorithms import AlgoConfig, Group, get_algorithm
 from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.lora import apply_lora
-from tokrl.rollout import LossRows, gather_rows, pack_loss_batch
+from tokrl.stages.select import LossRows, gather_rows, pack_loss_batch
 from tokrl_kernels.reference import pg_epilogue
 
 PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 4, 8, 48, 200

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import tokrl.evaluate as evaluate_module
+import tokrl.stages.evaluate as evaluate_module
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 
 ROWS = [{"prompt": f"{a}+{a}=", "answer": str(2 * a)} for a in range(1, 9)]

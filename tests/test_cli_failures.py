@@ -13,7 +13,7 @@ import torch
 
 import tokrl.checkpoint as checkpoint_module
 import tokrl.metrics as metrics_module
-import tokrl.sft as sft_module
+import tokrl.stages.warm_start as sft_module
 from tokrl.cli import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, main
 from tokrl.trainer import Trainer
 

@@ -22,9 +22,9 @@ from tokrl.config import load_config
 from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.head import logit_transform
 from tokrl.models.lora import apply_lora
-from tokrl.policy_update import PolicyUpdate
-from tokrl.rollout import LossRows
-from tokrl.sft import sft_loss
+from tokrl.stages.select import LossRows
+from tokrl.stages.update import PolicyUpdate
+from tokrl.stages.warm_start import sft_loss
 from tokrl_kernels import linear_logprob
 
 TOL = 1e-5

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.test_trainer import HashRewardTrainer, _base_and_lora, small_config
-from tokrl.policy_update import NonFiniteLossError, PolicyUpdate
+from tokrl.stages.update import NonFiniteLossError, PolicyUpdate
 
 
 def _grads_and_totals(update: PolicyUpdate, prompts, completions, rows, micro: int):

@@ -16,8 +16,8 @@ from tests.model_families import FAMILIES, build_family_model
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.lora import apply_lora
-from tokrl.prompt_sharing import pack_shared_prompts, shared_prompt_hidden, unsupported_reason
-from tokrl.rollout import LossRows, pack_loss_batch
+from tokrl.stages.prompt_sharing import pack_shared_prompts, shared_prompt_hidden, unsupported_reason
+from tokrl.stages.select import LossRows, pack_loss_batch
 from tokrl_kernels import linear_logprob
 
 PAD = 0

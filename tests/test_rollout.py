@@ -6,20 +6,11 @@ import pytest
 import torch
 
 from tokrl.algorithms import GroupSelection
-from tokrl.models.forward import hidden_states, lm_head_weight
+from tokrl.models.forward import hidden_states, lm_head_weight, set_training
 from tokrl.models.tiny import build_tiny_model
-from tokrl.rollout import (
-    cut_at_eos,
-    decode,
-    encode_prompts,
-    eos_token_ids,
-    gather_rows,
-    generate,
-    left_pad,
-    pack_sequences,
-    sample_groups,
-    set_training,
-)
+from tokrl.sampler.rollout import decode, encode_prompts, generate, sample_groups
+from tokrl.sampler.rows import cut_at_eos, eos_token_ids, left_pad
+from tokrl.stages.select import gather_rows, pack_sequences
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import tokrl.trainer as trainer_module
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.config import load_config
-from tokrl.sft import sft_stage
+from tokrl.stages.warm_start import sft_stage
 from tokrl.trainer import Trainer
 
 

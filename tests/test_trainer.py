@@ -19,9 +19,9 @@ from tokrl.algorithms import AlgoConfig, GroupSelection, available_algorithms
 from tokrl.checkpoint import StopSignals
 from tokrl.config import load_config
 from tokrl.infra.seeding import step_seed
-from tokrl.policy_update import NonFiniteLossError, build_scheduler
-from tokrl.rollout import gather_rows
-from tokrl.sft import sft_stage
+from tokrl.stages.select import gather_rows
+from tokrl.stages.update import NonFiniteLossError, build_scheduler
+from tokrl.stages.warm_start import sft_stage
 from tokrl.trainer import Trainer
 
 
@@ -136,7 +136,7 @@ def test_interrupt_then_resume_is_bit_exact(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
-    import tokrl.policy_update as update_module
+    import tokrl.stages.update as update_module
 
     real = update_module.linear_pg_loss
 

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "train": "tokrl.trainer",
     "TrainResult": "tokrl.trainer",
-    "evaluate": "tokrl.evaluate",
+    "evaluate": "tokrl.stages.evaluate",
     "TrainConfig": "tokrl.config",
     "AlgoConfig": "tokrl.config",
     "GenerationConfig": "tokrl.config",
@@ -40,7 +40,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from tokrl.config import PRESETS, AlgoConfig, GenerationConfig, LoRAConfig, TrainConfig, load_config
-    from tokrl.evaluate import evaluate
+    from tokrl.stages.evaluate import evaluate
     from tokrl.trainer import TrainResult, train
 
 

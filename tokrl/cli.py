@@ -65,7 +65,7 @@ def _run_errors() -> tuple[type[Exception], ...]:
     """Failures of a started run that have a known cause (one line, exit 1): a non-finite loss, a run that
     trains nothing, a checkpoint that cannot be written (full disk), a reward function's bad output."""
     from tokrl.checkpoint import CheckpointError
-    from tokrl.policy_update import NonFiniteLossError
+    from tokrl.stages.update import NonFiniteLossError
     from tokrl.tasks.base import RewardError
     from tokrl.trainer import StalledRunError
 
@@ -236,8 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from tokrl.config import validate_device, validate_model_name
     from tokrl.eval_defaults import adapter_base_model, check_base_model, eval_defaults, resolve_task
-    from tokrl.evaluate import evaluate
     from tokrl.infra.distributed import resolve_device
+    from tokrl.stages.evaluate import evaluate
 
     try:
         options = yaml.safe_load(args.task_options) if args.task_options is not None else None

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tokrl.rollout import encode_prompts
+from tokrl.sampler.rollout import encode_prompts
 from tokrl.tasks import Task
 
 

@@ -52,7 +52,6 @@ from tokrl.algorithms import Group, get_algorithm, validate_rewards
 from tokrl.checkpoint import StopSignals, checkpoint_file, load_checkpoint, rng_state, save_checkpoint
 from tokrl.config import TrainConfig, load_config, validate_config
 from tokrl.context import check_prompt_lengths
-from tokrl.evaluate import evaluate
 from tokrl.infra import distributed
 from tokrl.infra.atomic import write_text_atomic
 from tokrl.infra.seeding import step_seed, stream_seed
@@ -67,21 +66,16 @@ from tokrl.metrics import (
 from tokrl.models.loading import load_model
 from tokrl.models.lora import apply_lora, trainable_parameter_count
 from tokrl.models.lora_targets import check_lora_targets_by_name
-from tokrl.policy_update import PolicyUpdate
 from tokrl.preflight import check_model_options
 from tokrl.reporting import build_reporters, check_reporters
 from tokrl.resume import resume_config
-from tokrl.rollout import (
-    Rollout,
-    concat_rollouts,
-    decode,
-    encode_prompts,
-    gather_rows,
-    sample_groups,
-)
 from tokrl.run_dir import SFT_DIR, plan_run
 from tokrl.run_lock import RunLock
-from tokrl.sft import sft_stage
+from tokrl.sampler.rollout import Rollout, concat_rollouts, decode, encode_prompts, sample_groups
+from tokrl.stages.evaluate import evaluate
+from tokrl.stages.select import gather_rows
+from tokrl.stages.update import PolicyUpdate
+from tokrl.stages.warm_start import sft_stage
 from tokrl.tasks import get_task
 from tokrl.tasks.base import RewardError
 

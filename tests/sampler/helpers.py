@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, GptOssConfig, Qwen2Config, Qwen2F
 from tests.model_families import _COMMON as FAMILY_COMMON
 from tokrl.models.lora import apply_lora
 from tokrl.models.tiny import build_tiny_model
-from tokrl.rollout import encode_prompts
+from tokrl.sampler.rollout import encode_prompts
 
 # A wide initialisation makes the random models' next-token choices vary along a completion (with the
 # default 0.02 every greedy step picks the same token, and equality with generate would prove little).

@@ -11,9 +11,9 @@ import torch
 from tests.sampler.helpers import attention_sinks_model, prompts_with_replay, qwen2_lora, tiny_model
 from tests.utils import assert_close_to_ref
 from tokrl.models.forward import transformers_model
-from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, resolve_sampler
 from tokrl.sampler.engine import decode_step, prefill, run_eager, start_state
+from tokrl.sampler.rollout import generate, sample_groups
 from tokrl.sampler.rows import left_pad
 
 

@@ -12,9 +12,9 @@ import torch
 from tests.model_families import FAMILIES, build_family_model, family_params
 from tests.sampler.helpers import attention_sinks_model, with_lora
 from tokrl.models.forward import transformers_model
-from tokrl.rollout import encode_prompts, generate, sample_groups
 from tokrl.sampler import SAMPLERS, resolve_sampler
 from tokrl.sampler import support as support_module
+from tokrl.sampler.rollout import encode_prompts, generate, sample_groups
 
 # Gemma-2/3 (scaled embeddings, soft-capped logits) at the shared wide initialisation put all the mass on
 # one token, and tokens equal to generate's would prove nothing: they are built narrower here.

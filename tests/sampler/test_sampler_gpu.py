@@ -15,8 +15,8 @@ from tests.model_families import FAMILIES, build_family_model
 from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model, with_lora
 from tokrl.models.forward import transformers_model
 from tokrl.models.lora import apply_lora
-from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph
+from tokrl.sampler.rollout import generate, sample_groups
 
 pytestmark = pytest.mark.gpu
 DEVICE = torch.device("cuda")

@@ -13,9 +13,9 @@ from peft import LoraConfig, get_peft_model
 from tests.model_families import build_family_model
 from tests.sampler.helpers import prompts_with_replay, with_lora
 from tests.utils import assert_close_to_ref
-from tokrl.rollout import generate, sample_groups
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph, registry, resolve_sampler
 from tokrl.sampler.merged import merge_reason, merged_weights
+from tokrl.sampler.rollout import generate, sample_groups
 
 
 def _tokens(model, tok, prompts, sampler, seed=None, n=8):

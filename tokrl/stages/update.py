@@ -18,7 +18,7 @@ weights are divided by the whole batch's norm_units before the split, so the sum
 those of one forward over all rows (up to float rounding and LoRA dropout masks): only the activations of
 m rows are alive at once, which bounds the update's memory by m x the longest row whatever the batch is.
 
-`share_prompts` swaps the packed forward for tokrl/prompt_sharing.py's: each distinct prompt of a micro-batch
+`share_prompts` swaps the packed forward for tokrl/stages/prompt_sharing.py's: each distinct prompt of a micro-batch
 runs once and its rows continue from its keys/values (same values up to float summation order; LoRA dropout
 masks on prompt tokens are then drawn per prompt, not per row).
 """
@@ -37,10 +37,10 @@ import torch
 from tokrl.config import TrainConfig
 from tokrl.infra import distributed
 from tokrl.metrics import peak_memory_mib, reset_peak_memory
-from tokrl.models.forward import hidden_states, lm_head_weight, router_aux_loss_note
+from tokrl.models.forward import hidden_states, lm_head_weight, router_aux_loss_note, set_training
 from tokrl.models.head import logit_transform
-from tokrl.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason
-from tokrl.rollout import LossRows, PackedBatch, pack_loss_batch, set_training
+from tokrl.stages.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason
+from tokrl.stages.select import LossRows, PackedBatch, pack_loss_batch
 from tokrl_kernels import linear_logprob, linear_pg_loss
 
 logger = logging.getLogger("tokrl")

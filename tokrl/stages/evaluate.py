@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tokrl.infra import distributed
 from tokrl.infra.hub import looks_like_path
-from tokrl.rollout import decode, encode_prompts, generate
+from tokrl.sampler.rollout import decode, encode_prompts, generate
 from tokrl.tasks import Task, get_task
 
 CORRECT = 1.0  # reward at or above which a completion counts as correct

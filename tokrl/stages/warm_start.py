@@ -34,7 +34,9 @@ from tokrl.infra.atomic import copy_tree_atomic, fsync_tree
 from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.head import logit_transform
 from tokrl.models.loading import load_model
-from tokrl.rollout import encode_prompts, eos_token_ids, pack_sequences
+from tokrl.sampler.rollout import encode_prompts
+from tokrl.sampler.rows import eos_token_ids
+from tokrl.stages.select import pack_sequences
 from tokrl.tasks import Task
 from tokrl_kernels import linear_logprob
 

@@ -1,6 +1,6 @@
 """The loss forward with each distinct prompt run once: the rows that share it continue from its keys/values.
 
-The packed forward (`tokrl.rollout.pack_loss_batch`) runs every loss row whole, prompt_b + c_b with
+The packed forward (`tokrl.stages.select.pack_loss_batch`) runs every loss row whole, prompt_b + c_b with
 c_b = completion_b[:last selected position], so a prompt sampled G times runs G times. Here, in two passes:
 
     prompts        P distinct prompt rows, left-padded [P, Lp], positions over real tokens
@@ -35,7 +35,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from tokrl.models.forward import transformers_model
-from tokrl.rollout import LossRows
+from tokrl.stages.select import LossRows
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
