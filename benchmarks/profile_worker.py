@@ -172,7 +172,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from tokrl.config import load_config
-    from tokrl.stages.warm_start import sft_stage
+    from tokrl.run.warm_start import sft_stage
     from tokrl.tasks import get_task
 
     config = load_config(PRESET, output_dir=args.cache_dir)

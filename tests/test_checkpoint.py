@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokrl.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
 from tokrl.models.lora import apply_lora
 from tokrl.models.tiny import build_tiny_model
+from tokrl.run.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _policy(seed: int, r: int = 4):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import tokrl.stages.evaluate as evaluate_module
+import tokrl.models.adapters as adapters_module
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 
 ROWS = [{"prompt": f"{a}+{a}=", "answer": str(2 * a)} for a in range(1, 9)]
@@ -72,11 +72,11 @@ def test_eval_missing_local_adapter_fails_before_loading(tmp_path, capsys, monke
     def never(*args, **kwargs):
         raise AssertionError("the model must not load (and the hub must not be asked) for a missing adapter")
 
-    monkeypatch.setattr("tokrl.models.loading.load_model", never)
+    monkeypatch.setattr("tokrl.models.adapters.load_model", never)
     for adapter in (str(tmp_path / "run" / "checkpoint-3"), "checkpoint-3", "./runs/x"):
         assert main([*EVAL, "--adapter", adapter]) == EXIT_CONFIG_ERROR
         assert f"adapter: {adapter!r} does not exist" in _error(capsys)
-    assert not evaluate_module._missing_local_path("org/adapter-on-the-hub")  # may be a hub id
+    assert not adapters_module.missing_local_path("org/adapter-on-the-hub")  # may be a hub id
 
 
 def _custom(dataset: str, reward: str, *extra: str) -> list[str]:

@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-import tokrl.checkpoint as checkpoint_module
-import tokrl.metrics as metrics_module
-import tokrl.stages.warm_start as sft_module
+import tokrl.run.checkpoint as checkpoint_module
+import tokrl.run.metrics_log as metrics_module
+import tokrl.run.warm_start as sft_module
 from tokrl.cli import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, main
 from tokrl.trainer import Trainer
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tokrl.cli import EXIT_CONFIG_ERROR, main
-from tokrl.eval_defaults import adapter_base_model, eval_defaults
+from tokrl.models.adapters import adapter_base_model
+from tokrl.run.eval_defaults import eval_defaults
 
 TINY = ["--sft-steps", "2", "--sft-batch-size", "4", "--steps", "1", "--prompts-per-step", "2", "--num-generations",
         "4", "--max-new-tokens", "4", "--eval-size", "4", "--progress", "false", "--num-threads", "1",

@@ -15,8 +15,8 @@ import pytest
 from tests.test_no_silent_runs import ConstantRewardTrainer
 from tests.test_trainer import HashRewardTrainer, hash_reward, small_config
 from tokrl.cli import main
-from tokrl.metrics import reward_stats
-from tokrl.resume import missing_files
+from tokrl.run.resume import missing_files
+from tokrl.stages.record import reward_stats
 from tokrl.tasks.base import RewardError
 from tokrl.trainer import StalledRunError
 

@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from tests.test_trainer import HashRewardTrainer, small_config
-from tokrl.context import check_prompt_lengths
 from tokrl.models.tiny import build_tiny_model, tiny_config
+from tokrl.run.context import check_prompt_lengths
 from tokrl.tasks import get_task
 from tokrl.trainer import StalledRunError
 

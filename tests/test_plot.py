@@ -13,7 +13,7 @@ import yaml
 
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, main
-from tokrl.plot import DPI, FIGURE_PX, PANELS, auto_window, load_run, moving_average, plot_runs
+from tokrl.run.plot import DPI, FIGURE_PX, PANELS, auto_window, load_run, moving_average, plot_runs
 
 
 def png_size(path) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import tokrl.trainer as trainer_module
 from tests.test_run_dir import snapshot
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, main
-from tokrl.preflight import check_model_options
+from tokrl.run.preflight import check_model_options
 from tokrl.tasks import get_task
 
 TINY = ["--sft-steps", "2", "--sft-batch-size", "4", "--steps", "1", "--prompts-per-step", "2", "--num-generations",

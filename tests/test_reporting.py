@@ -14,7 +14,7 @@ from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, build_parser, main
 from tokrl.config import load_config
 from tokrl.infra.extras import MissingExtraError
-from tokrl.reporting import TENSORBOARD_DIR, WandbReporter, available_reporters
+from tokrl.infra.reporting import TENSORBOARD_DIR, WandbReporter, available_reporters
 from tokrl.trainer import Trainer
 
 

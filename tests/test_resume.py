@@ -15,9 +15,9 @@ import yaml
 
 from tests.test_run_dir import snapshot
 from tests.test_trainer import HashRewardTrainer, small_config
-from tokrl.checkpoint import CheckpointError, save_checkpoint
 from tokrl.cli import EXIT_CONFIG_ERROR, main
-from tokrl.resume import SAFE_TO_CHANGE, ResumeError, config_differences
+from tokrl.run.checkpoint import CheckpointError, save_checkpoint
+from tokrl.run.resume import SAFE_TO_CHANGE, ResumeError, config_differences
 from tokrl.trainer import Trainer, train
 
 TINY_TASK = {"digits_a": 2, "digits_b": 1, "train_size": 8, "test_size": 4}  # small_config's task options

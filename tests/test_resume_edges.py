@@ -15,9 +15,9 @@ import pytest
 
 from tests.test_run_dir import snapshot
 from tests.test_trainer import HashRewardTrainer, small_config
-from tokrl.checkpoint import CheckpointError
 from tokrl.cli import EXIT_CONFIG_ERROR, main
-from tokrl.resume import ResumeError
+from tokrl.run.checkpoint import CheckpointError
+from tokrl.run.resume import ResumeError
 from tokrl.trainer import Trainer
 
 RUN = {"algorithm": "s-grpo", "steps": 4, "save_every": 1, "save_total_limit": 0}

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import tokrl.run_dir as run_dir
+import tokrl.run.run_dir as run_dir
 import tokrl.trainer as trainer_module
 from tests.test_trainer import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.config import load_config
-from tokrl.stages.warm_start import sft_stage
+from tokrl.run.warm_start import sft_stage
 from tokrl.trainer import Trainer
 
 

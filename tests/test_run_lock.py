@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_trainer import HashRewardTrainer, small_config
-from tokrl.run_lock import LOCK_FILE, OutputDirBusyError, RunLock
+from tokrl.run.run_lock import LOCK_FILE, OutputDirBusyError, RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_release_and_tidy_removes_only_a_directory_it_created(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tokrl.run_lock import RunLock; lock = RunLock(sys.argv[1]); "
+        [sys.executable, "-c", "import sys, time; from tokrl.run.run_lock import RunLock; lock = RunLock(sys.argv[1]); "
          "lock.acquire(); print('locked', flush=True); time.sleep(600)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
@@ -98,7 +98,7 @@ def test_two_processes_started_together_one_wins(tmp_path):
 def test_without_flock_the_file_is_the_lock_and_a_dead_holder_is_detected(tmp_path, monkeypatch, caplog):
     import socket
 
-    import tokrl.run_lock as run_lock
+    import tokrl.run.run_lock as run_lock
 
     monkeypatch.setattr(run_lock, "fcntl", None)  # as on Windows
     first = RunLock(tmp_path)

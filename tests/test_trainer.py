@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from tokrl.algorithms import AlgoConfig, GroupSelection, available_algorithms
-from tokrl.checkpoint import StopSignals
 from tokrl.config import load_config
 from tokrl.infra.seeding import step_seed
+from tokrl.run.checkpoint import StopSignals
+from tokrl.run.warm_start import sft_stage
 from tokrl.stages.select import gather_rows
 from tokrl.stages.update import NonFiniteLossError, build_scheduler
-from tokrl.stages.warm_start import sft_stage
 from tokrl.trainer import Trainer
 
 

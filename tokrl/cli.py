@@ -4,7 +4,7 @@
     tokrl train --preset svamp-qwen2-1.5b --algorithm t-spmo --output-dir runs/svamp
     tokrl train --config run.yaml --steps 100 --lora-r 8 --output-dir runs/x
     tokrl train --output-dir runs/x --resume      # continue runs/x with its checkpoint's own config
-    tokrl train --output-dir runs/x --resume --steps 200   # extend it (tokrl.resume.SAFE_TO_CHANGE)
+    tokrl train --output-dir runs/x --resume --steps 200   # extend it (tokrl.run.resume.SAFE_TO_CHANGE)
     tokrl train --resume runs/x/checkpoint-60 --output-dir runs/x2   # continue that checkpoint in a new dir
     tokrl train --output-dir runs/x --overwrite   # replace runs/x once the new run has started
     tokrl eval --adapter outputs/x/checkpoint-60  # its base model and the run's task settings, from the checkpoint
@@ -52,9 +52,9 @@ EXIT_INTERRUPTED = 130
 def _config_errors() -> tuple[type[Exception], ...]:
     """What a wrong name, path, value, unreadable checkpoint or unreachable model raises (one line, exit 2;
     no traceback)."""
-    from tokrl.checkpoint import CheckpointError
     from tokrl.infra.extras import MissingExtraError
     from tokrl.models.loading import ModelLoadError
+    from tokrl.run.checkpoint import CheckpointError
 
     return (
         ValueError, TypeError, FileNotFoundError, ConnectionError, ModelLoadError, CheckpointError, MissingExtraError
@@ -64,7 +64,7 @@ def _config_errors() -> tuple[type[Exception], ...]:
 def _run_errors() -> tuple[type[Exception], ...]:
     """Failures of a started run that have a known cause (one line, exit 1): a non-finite loss, a run that
     trains nothing, a checkpoint that cannot be written (full disk), a reward function's bad output."""
-    from tokrl.checkpoint import CheckpointError
+    from tokrl.run.checkpoint import CheckpointError
     from tokrl.stages.update import NonFiniteLossError
     from tokrl.tasks.base import RewardError
     from tokrl.trainer import StalledRunError
@@ -183,7 +183,7 @@ def _unknown_flags(unknown: list[str]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tokrl.config import load_config
-    from tokrl.resume import resume_config
+    from tokrl.run.resume import resume_config
     from tokrl.trainer import Trainer
 
     # Only the flags the user typed are here (argparse.SUPPRESS): a resume re-applies just these on top of
@@ -235,8 +235,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import yaml
 
     from tokrl.config import validate_device, validate_model_name
-    from tokrl.eval_defaults import adapter_base_model, check_base_model, eval_defaults, resolve_task
     from tokrl.infra.distributed import resolve_device
+    from tokrl.models.adapters import adapter_base_model, check_base_model
+    from tokrl.run.eval_defaults import eval_defaults, resolve_task
     from tokrl.stages.evaluate import evaluate
 
     try:
@@ -295,7 +296,7 @@ def _yaml_problem(err: Exception) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from tokrl.plot import plot_runs
+    from tokrl.run.plot import plot_runs
 
     try:
         out = plot_runs(args.runs, args.out, smooth=args.smooth)

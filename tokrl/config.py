@@ -167,7 +167,7 @@ class TrainConfig:
         metadata={
             "help": "Continue a run: true = from the newest complete checkpoint in output_dir, or the path of a "
             "checkpoint-N folder. Flags you pass must agree with the checkpoint's config, except those "
-            "tokrl.resume.SAFE_TO_CHANGE lists (steps, eval/save cadence, logging, ...), which are applied."
+            "tokrl.run.resume.SAFE_TO_CHANGE lists (steps, eval/save cadence, logging, ...), which are applied."
         },
     )
     overwrite: bool = field(
@@ -487,7 +487,7 @@ def _check(ok: bool, message: str) -> None:
 def validate_config(config: TrainConfig) -> None:
     """Names and batch arithmetic, checked before any weights load; each message names its field."""
     from tokrl.algorithms import available_algorithms
-    from tokrl.reporting import NO_REPORTER, available_reporters
+    from tokrl.infra.reporting import NO_REPORTER, available_reporters
     from tokrl.tasks import available_tasks
 
     if config.algorithm not in available_algorithms():

@@ -23,8 +23,8 @@ prefix and token selection from a generator seeded from (seed, step, j). Samplin
 RNG, seeded from (seed, step) and the rank for one generate call per process, or from (seed, step, j) per
 prompt with `sample_per_prompt` (then N processes sample exactly what one process samples).
 
-Failures: the output directory is locked for the run (tokrl.run_lock); model options are checked before
-anything is written (tokrl.preflight); a run stopped by a reward error, a non-finite loss or a stall saves a
+Failures: the output directory is locked for the run (tokrl.run.run_lock); model options are checked before
+anything is written (tokrl.run.preflight); a run stopped by a reward error, a non-finite loss or a stall saves a
 checkpoint of its last good step first (one process; a reward error on one rank of several cannot be
 saved without the others) and says how to continue it.
 
@@ -49,33 +49,28 @@ from typing import Any
 import torch
 
 from tokrl.algorithms import Group, get_algorithm, validate_rewards
-from tokrl.checkpoint import StopSignals, checkpoint_file, load_checkpoint, rng_state, save_checkpoint
 from tokrl.config import TrainConfig, load_config, validate_config
-from tokrl.context import check_prompt_lengths
 from tokrl.infra import distributed
 from tokrl.infra.atomic import write_text_atomic
+from tokrl.infra.memory import peak_memory_mib, reset_peak_memory
+from tokrl.infra.reporting import build_reporters, check_reporters
 from tokrl.infra.seeding import step_seed, stream_seed
-from tokrl.metrics import (
-    MetricsLog,
-    peak_memory_mib,
-    reset_peak_memory,
-    reward_stats,
-    sampler_gap_stats,
-    sampler_logp_gaps,
-)
 from tokrl.models.loading import load_model
 from tokrl.models.lora import apply_lora, trainable_parameter_count
 from tokrl.models.lora_targets import check_lora_targets_by_name
-from tokrl.preflight import check_model_options
-from tokrl.reporting import build_reporters, check_reporters
-from tokrl.resume import resume_config
-from tokrl.run_dir import SFT_DIR, plan_run
-from tokrl.run_lock import RunLock
+from tokrl.run.checkpoint import StopSignals, checkpoint_file, load_checkpoint, rng_state, save_checkpoint
+from tokrl.run.context import check_prompt_lengths
+from tokrl.run.metrics_log import MetricsLog
+from tokrl.run.preflight import check_model_options
+from tokrl.run.resume import resume_config
+from tokrl.run.run_dir import plan_run
+from tokrl.run.run_lock import RunLock
+from tokrl.run.warm_start import SFT_DIR, sft_stage
 from tokrl.sampler.rollout import Rollout, concat_rollouts, decode, encode_prompts, sample_groups
 from tokrl.stages.evaluate import evaluate
+from tokrl.stages.record import reward_stats, sampler_gap_stats, sampler_logp_gaps
 from tokrl.stages.select import gather_rows
 from tokrl.stages.update import PolicyUpdate
-from tokrl.stages.warm_start import sft_stage
 from tokrl.tasks import get_task
 from tokrl.tasks.base import RewardError
 

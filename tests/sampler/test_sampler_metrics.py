@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.test_trainer import HashRewardTrainer, small_config
-from tokrl.metrics import sampler_gap_stats
 from tokrl.sampler import cuda_graph
+from tokrl.stages.record import sampler_gap_stats
 
 
 def test_gap_stats_on_known_values():

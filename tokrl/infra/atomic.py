@@ -4,7 +4,7 @@ A file that a kill -9, a full disk or a power cut may interrupt is written to a 
 (`.tmp-<name>-<random>` in the same directory, so the rename never crosses filesystems), flushed and
 fsynced, then renamed over the target with `os.replace` (atomic on POSIX), and the directory entry is
 fsynced. A reader therefore sees the old file or the new one, never half of either. Temporary siblings
-left by a killed writer carry TEMP_FILE_PREFIX, which `tokrl.run_dir` removes when a run starts.
+left by a killed writer carry TEMP_FILE_PREFIX, which `tokrl.run.run_dir` removes when a run starts.
 """
 
 from __future__ import annotations

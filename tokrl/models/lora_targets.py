@@ -28,24 +28,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from tokrl.models.names import ALL_LINEAR, TINY_NAME
+from tokrl.models.names import ALL_LINEAR, TINY_NAME, is_all_linear, target_entries
 from tokrl.models.tiny import tiny_config
 
 _LINEAR_TYPES = (torch.nn.Linear, Conv1D)
-
-
-def is_all_linear(targets: str | Sequence[str]) -> bool:
-    """True for "all-linear" given as a string or as the one entry of a list (the config's form)."""
-    entries = [targets] if isinstance(targets, str) else list(targets)
-    return len(entries) == 1 and entries[0].lower() == ALL_LINEAR
-
-
-def target_entries(targets: str | Sequence[str]) -> list[str]:
-    """The target list as given; "all-linear" may only stand alone."""
-    entries = [targets] if isinstance(targets, str) else list(targets)
-    if not is_all_linear(entries) and any(entry.lower() == ALL_LINEAR for entry in entries):
-        raise ValueError(f"lora_target_modules: {ALL_LINEAR!r} stands alone, got {entries}")
-    return entries
 
 
 def resolve_lora_targets(model: torch.nn.Module, targets: str | Sequence[str]) -> list[str]:

@@ -10,14 +10,13 @@ counts are summed over ranks, so every rank returns the accuracy of the whole sp
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from tokrl.infra import distributed
-from tokrl.infra.hub import looks_like_path
+from tokrl.models.adapters import load_with_adapter
 from tokrl.sampler.rollout import decode, encode_prompts, generate
 from tokrl.tasks import Task, get_task
 
@@ -51,7 +50,7 @@ def evaluate(
     if isinstance(task, str):
         task = get_task(task, **(task_options or {}))
     if isinstance(model, str):
-        model, tokenizer = _load(model, adapter, dtype, device)
+        model, tokenizer = load_with_adapter(model, adapter, dtype, device)
     if tokenizer is None:
         raise ValueError("evaluate: pass the tokenizer with a loaded model")
     data = task.split(split)
@@ -89,58 +88,3 @@ def evaluate(
     if examples:
         result["examples"] = list(zip(columns["prompt"][:examples], texts[:examples], rewards[:examples], strict=True))
     return result
-
-
-def _load(name: str, adapter: str | None, dtype: str | None, device: str) -> tuple[torch.nn.Module, Any]:
-    from peft import PeftModel
-
-    from tokrl.eval_defaults import is_adapter_dir
-    from tokrl.models.loading import load_model
-
-    if is_adapter_dir(name):
-        raise ValueError(
-            f"model: {name!r} is a LoRA adapter (it holds adapter_config.json and no config.json), not a model; "
-            "pass it as --adapter (its base model is read from it)"
-        )
-    if adapter and _missing_local_path(adapter):
-        # Fail now, not after the hub's retries for a repository of that name.
-        raise FileNotFoundError(f"adapter: {adapter!r} does not exist; pass a checkpoint-N folder of a run")
-    if adapter and Path(adapter).expanduser().is_dir():
-        check_adapter_files(adapter)
-    model, tokenizer = load_model(name, dtype=dtype, device=device)
-    if adapter:
-        try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except Exception as err:  # noqa: BLE001 (peft, safetensors and torch each raise their own types)
-            cause = " ".join(str(err).split())[:240]
-            raise ValueError(
-                f"adapter: cannot load {adapter!r} onto {name!r} ({type(err).__name__}: {cause}); the adapter is "
-                "damaged, or was trained on another model or with other LoRA settings"
-            ) from err
-    return model, tokenizer
-
-
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def check_adapter_files(adapter: str) -> None:
-    """A local adapter folder holds a readable adapter_config.json and a non-empty weights file; without this,
-    peft takes a missing weights file for a hub repository and asks the hub for it."""
-    from tokrl.eval_defaults import adapter_base_model
-
-    adapter_base_model(adapter)  # reads adapter_config.json: missing or damaged is one error naming it
-    folder = Path(adapter).expanduser()
-    if not any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in ADAPTER_WEIGHTS):
-        raise FileNotFoundError(
-            f"adapter: {adapter!r} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}, missing or empty); pass "
-            "a complete checkpoint-N folder"
-        )
-
-
-def _missing_local_path(name: str) -> bool:
-    """True for a path that does not exist and cannot be an adapter on the hub: no hub id (`looks_like_path`),
-    no "org/" part (adapters on the hub always have one), or its parent folder exists."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return False
-    return looks_like_path(name) or "/" not in name or path.parent.is_dir()

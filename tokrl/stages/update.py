@@ -36,7 +36,7 @@ import torch
 
 from tokrl.config import TrainConfig
 from tokrl.infra import distributed
-from tokrl.metrics import peak_memory_mib, reset_peak_memory
+from tokrl.infra.memory import peak_memory_mib, reset_peak_memory
 from tokrl.models.forward import hidden_states, lm_head_weight, router_aux_loss_note, set_training
 from tokrl.models.head import logit_transform
 from tokrl.stages.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason

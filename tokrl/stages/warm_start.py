@@ -1,47 +1,25 @@
-"""Supervised warm start: a full fine-tune on the task's reference completions, cached in output_dir/sft.
+"""Supervised warm start: a full fine-tune on the task's reference completions.
 
 A model without pretrained weights (the tiny one) never samples a correct answer, so RL would have no
 signal. Before RL, `sft_steps` AdamW steps of cross-entropy on format_prompt(prompt) + reference + EOS
 (loss on the completion tokens only, the prompt is context) make it partly right. The log-probs come from
 the same path as the RL loss: final hidden states -> `linear_logprob` at the completion positions, so the
 [B, L, V] logits are never built. Learning rate: linear warmup over the first 10% of steps, then linear
-decay to 0.
-
-The result is written with `save_pretrained` (model and tokenizer) into `output_dir/sft/` (atomically,
-with `sft_config.json` describing what made it) and RL reloads it by path. A later run or a resume with
-the same settings finds it and skips the stage; different settings raise instead of mixing runs. Under
---overwrite (`replace`) a warm start made with other settings is rebuilt into a pending folder beside it
-(`.sft.pending-<pid>`), which the run swaps in only once it has started (tokrl.run_dir.RunPlan): a run
-that fails before that leaves the earlier run's warm start, and the adapters trained on it, as they were.
-A run continued from another directory's checkpoint copies that run's warm start (`reuse_from`) when its
-settings match, instead of training it again.
+decay to 0. Where the result is kept (output_dir/sft, reused by later runs): `tokrl.run.warm_start`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
-
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tokrl.infra.atomic import copy_tree_atomic, fsync_tree
 from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.head import logit_transform
-from tokrl.models.loading import load_model
 from tokrl.sampler.rollout import encode_prompts
 from tokrl.sampler.rows import eos_token_ids
 from tokrl.stages.select import pack_sequences
 from tokrl.tasks import Task
 from tokrl_kernels import linear_logprob
-
-SFT_DIR = "sft"
-SFT_CONFIG = "sft_config.json"
 
 
 def sft_examples(task: Task, tokenizer: PreTrainedTokenizerBase) -> tuple[list[list[int]], list[list[int]]]:
@@ -111,84 +89,3 @@ def supervised_warm_start(
         losses.append(float(loss.detach()))
     model.eval()
     return losses
-
-
-def sft_settings(config: Any) -> dict[str, Any]:
-    """The config fields that determine the warm-started weights."""
-    keys = ("model", "task", "task_options", "seed", "sft_steps", "sft_lr", "sft_batch_size")
-    return {k: getattr(config, k) for k in keys}
-
-
-def _settings_of(folder: Path) -> dict[str, Any] | None:
-    """The settings a finished warm start in `folder` was made with (None when there is none)."""
-    path = folder / SFT_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"sft: cannot read {path} ({err}); delete {folder} to train the warm start again") from None
-    return found.get("settings") if isinstance(found, dict) else None
-
-
-def sft_stage(
-    config: Any,
-    task: Task,
-    output_dir: Path,
-    device: torch.device,
-    log: Any = print,
-    replace: bool = False,
-    reuse_from: Path | None = None,
-) -> Path:
-    """Run (or reuse) the warm start of `config.model` on `device`; returns the directory RL loads from:
-    output_dir/sft, or under `replace`, when output_dir/sft was made with other settings, the pending folder
-    the new warm start went to (see the module doc). reuse_from: another run directory whose warm start is
-    copied when it was made with the same settings."""
-    target = Path(output_dir) / SFT_DIR
-    settings = json.loads(json.dumps(sft_settings(config)))  # the JSON round trip normalises tuples and keys
-    found = _settings_of(target)
-    destination = target
-    if found is not None:
-        if found == settings:
-            log(f"sft: reusing the warm start in {target}")
-            return target
-        if not replace:
-            raise ValueError(
-                f"sft: {target} was made with different settings ({found} vs {settings}); "
-                "use another output_dir or pass --overwrite"
-            )
-        log(f"sft: {target} was made with other settings; --overwrite rebuilds it (swapped in once the run starts)")
-        destination = target.with_name(f".sft.pending-{os.getpid()}")
-        shutil.rmtree(destination, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if reuse_from is not None and _settings_of(Path(reuse_from) / SFT_DIR) == settings:
-        if destination.exists():
-            shutil.rmtree(destination)  # an incomplete earlier attempt (no sft_config.json)
-        copy_tree_atomic(Path(reuse_from) / SFT_DIR, destination, temp_prefix=".sft.")
-        log(f"sft: copied the warm start of {reuse_from} to {destination}")
-        return destination
-    log(f"sft: warm start of {config.model!r}: {config.sft_steps} steps (cached in {target})")
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
-    losses = supervised_warm_start(
-        model, tokenizer, task, steps=config.sft_steps, lr=config.sft_lr, batch_size=config.sft_batch_size,
-        seed=config.seed, impl=config.impl,
-    )  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(prefix=".sft.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        seconds = time.perf_counter() - start
-        record = {"settings": settings, "losses": losses, "seconds": seconds}
-        (tmp / SFT_CONFIG).write_text(json.dumps(record, indent=2))
-        fsync_tree(tmp)
-        if destination.exists():
-            shutil.rmtree(destination)  # an incomplete earlier attempt (no sft_config.json)
-        tmp.rename(destination)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
-    log(f"sft: {config.sft_steps} steps, loss {first:.3f} -> {last:.3f}, {seconds:.1f} s, saved to {destination}")
-    return destination

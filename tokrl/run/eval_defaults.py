@@ -1,11 +1,5 @@
-"""What `tokrl eval` evaluates when flags are left out: the adapter's base model and the run's task settings.
-
-A LoRA adapter records the model it was trained on (`base_model_name_or_path` in adapter_config.json; for
-a tokrl run with a warm start that is the run's `sft` folder, as the path was given at training time).
-`adapter_base_model` reads it back (taking `<run>/sft` next to the checkpoint, so a copied or moved run
-and a path recorded relative to another working directory resolve to the run's own warm start), and
-`check_base_model` refuses a `--model` that is another model: an adapter applied to the wrong base loads
-without complaint and evaluates garbage.
+"""What `tokrl eval` evaluates when flags are left out: the run's task settings (the adapter's base model is
+`tokrl.models.adapters.adapter_base_model`).
 
 Task defaults, first found wins: the checkpoint's own config.yaml (task, task options, max_new_tokens),
 the warm start's sft_config.json (task and options), else the preset (`--preset`, default the embedded
@@ -23,62 +17,7 @@ from typing import Any
 import yaml
 
 from tokrl.config import DEFAULT_PRESET, load_config
-
-ADAPTER_CONFIG = "adapter_config.json"
-SFT_CONFIG = "sft_config.json"
-
-
-def is_adapter_dir(path: str) -> bool:
-    """A folder holding a LoRA adapter and no model of its own (what `--model` must not be)."""
-    folder = Path(path).expanduser()
-    return (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file()
-
-
-def _adapter_config(adapter: Path) -> dict[str, Any]:
-    path = adapter / ADAPTER_CONFIG
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"adapter: {str(adapter)!r} has no {ADAPTER_CONFIG}; pass a checkpoint-N folder"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"adapter: cannot read {path} ({err}); the adapter is damaged") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"adapter: {path} holds {type(data).__name__}, not a JSON object; the adapter is damaged")
-    return data
-
-
-def adapter_base_model(adapter: str) -> str | None:
-    """The model `adapter` was trained on, as a name or a path that resolves from here (None: not recorded).
-
-    A recorded path whose folder sits beside the checkpoint (`<run>/sft`) is taken from there: that is the
-    run's own warm start also when the run was copied or moved, or trained from another working directory."""
-    folder = Path(adapter).expanduser()
-    recorded = _adapter_config(folder).get("base_model_name_or_path")
-    if not isinstance(recorded, str) or not recorded:
-        return None
-    beside = folder.parent / Path(recorded).name
-    if recorded != beside.name and (beside / "config.json").is_file():
-        return str(beside)
-    return recorded
-
-
-def _same_model(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
-def check_base_model(model: str, adapter: str) -> None:
-    """Refuse a `model` other than the one `adapter` records (ValueError naming both)."""
-    base = adapter_base_model(adapter)
-    if base is not None and not _same_model(model, base):
-        raise ValueError(
-            f"model: the adapter {adapter!r} was trained on {base!r} (base_model_name_or_path in its "
-            f"{ADAPTER_CONFIG}), not on {model!r}; drop --model to evaluate it on its own base"
-        )
+from tokrl.run.warm_start import SFT_CONFIG
 
 
 @dataclass

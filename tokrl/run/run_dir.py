@@ -1,9 +1,9 @@
 """The output directory of a run: what may be written there, and when an earlier run may be removed.
 
 `plan_run` is called before anything is loaded or written (and again once the run holds the directory's
-lock, tokrl.run_lock); it decides (and checks) everything, deletes nothing:
+lock, tokrl.run.run_lock); it decides (and checks) everything, deletes nothing:
 - output_dir must be a directory (or not exist yet) that this process can write;
-- resume: the checkpoint to continue (tokrl.resume: a complete one, or an error), the config check
+- resume: the checkpoint to continue (tokrl.run.resume: a complete one, or an error), the config check
   against it, `steps` against its step and schedule, and the run's metrics.jsonl (every line a record);
 - --overwrite together with --resume is refused, except for a checkpoint of *another* run directory:
   that continues the other run here, replacing what this directory holds;
@@ -27,25 +27,25 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokrl.checkpoint import CHECKPOINT_RE, checkpoint_dirs
 from tokrl.config import TrainConfig
 from tokrl.infra.atomic import TEMP_FILE_PREFIX, fsync_dir
-from tokrl.metrics import read_metrics_lines
-from tokrl.reporting import TENSORBOARD_DIR, WANDB_RUN_ID_FILE
-from tokrl.resume import (
+from tokrl.infra.reporting import TENSORBOARD_DIR, WANDB_RUN_ID_FILE
+from tokrl.run.checkpoint import CHECKPOINT_RE, checkpoint_dirs
+from tokrl.run.metrics_log import read_metrics_lines
+from tokrl.run.resume import (
     check_resume_config,
     check_resume_steps,
     checkpoint_config,
     checkpoint_step,
     checkpoint_to_resume,
 )
+from tokrl.run.warm_start import SFT_DIR
 
 logger = logging.getLogger("tokrl")
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 RUN_FILES = (METRICS_FILE, RESULTS_FILE)
-SFT_DIR = "sft"
 TEMP_PREFIXES = (".checkpoint-", ".stale-checkpoint-", ".sft.")
 SUPERSEDED_PREFIX = "superseded-"
 

@@ -22,11 +22,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from tokrl.config import TrainConfig
-from tokrl.context import check_prompt_lengths
 from tokrl.models.lora import apply_lora
 from tokrl.models.names import TINY_NAME
 from tokrl.models.tiny import tiny_config
 from tokrl.models.tokenizer import build_char_tokenizer
+from tokrl.run.context import check_prompt_lengths
 from tokrl.tasks import Task
 
 logger = logging.getLogger("tokrl")

@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from tokrl.checkpoint import checkpoint_dirs
 from tokrl.config import TrainConfig, config_from_dict, flat_fields, load_config
+from tokrl.run.checkpoint import checkpoint_dirs
 
 logger = logging.getLogger("tokrl")
 

@@ -1,0 +1,45 @@
+"""Peak memory of a phase: the CUDA allocator's peak, or on CPU the process's peak resident set size.
+
+Memory on CUDA is the caching allocator's peak allocated bytes (torch.cuda.max_memory_allocated, weights
+included) since the phase began. On CPU it is the process's peak resident set size (VmHWM) since the phase
+began, reset through /proc/self/clear_refs on Linux: it counts everything the process holds (Python, the
+model, libraries), not tensors alone. Where that reset is not available (not Linux) it is the peak since the
+process started (ru_maxrss), which never decreases.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+_PROC_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory_mib`: the CUDA allocator's peak, or the process's RSS peak (Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        _CLEAR_REFS.write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass  # not Linux, or not permitted: the peak stays the process's lifetime peak (see the module doc)
+
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory in MiB since `reset_peak_memory(device)`: CUDA allocated bytes, else the process's RSS peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
