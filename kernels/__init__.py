@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import torch
 
-from tokrl_kernels._dispatch import get_backend, resolve_impl
+from tokrl_kernels._dispatch import IMPLS, get_backend, resolve_impl
 from tokrl_kernels._pg_compose import PGLoss, compose_pg_loss
 from tokrl_kernels._validation import validate_logprob_inputs
 
-__all__ = ["PGLoss", "linear_logprob", "linear_pg_loss", "resolve_impl"]
+__all__ = ["IMPLS", "PGLoss", "linear_logprob", "linear_pg_loss", "resolve_impl"]
 __version__ = "0.1.0"
 
 

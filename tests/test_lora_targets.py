@@ -8,7 +8,7 @@ from transformers import AutoConfig
 
 import tokrl
 from tests.model_families import FAMILIES, build_family_model, save_family_model
-from tokrl.config import ALL_LINEAR, PAPER_LORA_TARGETS, load_config
+from tokrl.config import PAPER_LORA_TARGETS, load_config
 from tokrl.models.lora_targets import (
     check_lora_targets,
     check_lora_targets_by_name,
@@ -17,6 +17,7 @@ from tokrl.models.lora_targets import (
     model_skeleton,
     resolve_lora_targets,
 )
+from tokrl.models.names import ALL_LINEAR
 
 # The leaf names all-linear resolves to per family: attention + MLP projections, never lm_head or an embedding.
 LLAMA_LIKE = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

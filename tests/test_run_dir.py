@@ -73,7 +73,7 @@ def test_impl_triton_on_cpu_without_interpreter_fails_first(run_copy, capsys, mo
     out, before = run_copy
     code = main(["train", "--output-dir", str(out), "--overwrite", "--device", "cpu", "--impl", "triton"])
     err = capsys.readouterr().err
-    assert code == EXIT_CONFIG_ERROR and "impl: 'triton' on a CPU device needs TRITON_INTERPRET=1" in err
+    assert code == EXIT_CONFIG_ERROR and "impl='triton': tensors are on cpu" in err and "TRITON_INTERPRET=1" in err
     assert snapshot(out) == before
 
 

@@ -42,7 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokrl.config import DEFAULT_PRESET, PRESETS, flat_fields
+from tokrl.config.presets import DEFAULT_PRESET, PRESETS
+from tokrl.config.schema import flat_fields
 
 EXIT_CONFIG_ERROR = 2
 EXIT_RUN_ERROR = 1
@@ -182,7 +183,7 @@ def _unknown_flags(unknown: list[str]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tokrl.config import load_config
+    from tokrl.config.loading import load_config
     from tokrl.run.resume import resume_config
     from tokrl.trainer import Trainer
 
@@ -234,7 +235,7 @@ def _pct(value: float | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     import yaml
 
-    from tokrl.config import validate_device, validate_model_name
+    from tokrl.config.sections import validate_device, validate_model_name
     from tokrl.infra.distributed import resolve_device
     from tokrl.models.adapters import adapter_base_model, check_base_model
     from tokrl.run.eval_defaults import eval_defaults, resolve_task

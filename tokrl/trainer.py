@@ -49,7 +49,8 @@ from typing import Any
 import torch
 
 from tokrl.algorithms import Group, get_algorithm, validate_rewards
-from tokrl.config import TrainConfig, load_config, validate_config
+from tokrl.config.loading import load_config
+from tokrl.config.schema import TrainConfig
 from tokrl.infra import distributed
 from tokrl.infra.atomic import write_text_atomic
 from tokrl.infra.memory import peak_memory_mib, reset_peak_memory
@@ -131,7 +132,6 @@ class Trainer:
     """Owns the run: checks, warm start, model, optimiser, the loop, checkpoints and evaluation."""
 
     def __init__(self, config: TrainConfig) -> None:
-        validate_config(config)
         self.config = config
         self.launch = distributed.launch_env()  # rank and world size from torchrun / accelerate launch
         self.device = distributed.resolve_device(config.device, self.launch.local_rank)

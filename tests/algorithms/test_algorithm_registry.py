@@ -42,7 +42,7 @@ def test_get_algorithm_builds_the_class_with_its_config(name, cls, loss_type):
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown name 'ppo'") as info:
+    with pytest.raises(ValueError, match="algorithm: unknown 'ppo'") as info:
         get_algorithm("ppo")
     for name in ("grpo", "s-grpo", "t-spmo"):
         assert name in str(info.value)

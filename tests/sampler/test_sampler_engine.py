@@ -132,7 +132,7 @@ def test_sampler_switch_resolves_and_refuses(tiny):
     model, tok = tiny
     assert resolve_sampler("auto", model).name == "tokrl"
     assert resolve_sampler("hf", model).name == "hf"
-    with pytest.raises(ValueError, match="sampler: expected one of auto, hf, tokrl, tokrl-merged, got 'vllm'"):
+    with pytest.raises(ValueError, match="sampler: unknown 'vllm'; expected one of: auto, hf, tokrl, tokrl-merged"):
         resolve_sampler("vllm", model)
     unsupported = attention_sinks_model(tok)
     assert resolve_sampler("auto", unsupported).name == "hf"  # what the engine cannot run falls back

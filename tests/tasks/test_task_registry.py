@@ -14,7 +14,7 @@ def test_builtin_names() -> None:
 
 
 def test_unknown_name_lists_known_names() -> None:
-    with pytest.raises(ValueError, match="unknown task 'gsm8k'; known tasks: custom, multiplication, svamp"):
+    with pytest.raises(ValueError, match="task: unknown 'gsm8k'; expected one of: custom, multiplication, svamp"):
         get_task("gsm8k")
 
 

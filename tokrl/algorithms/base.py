@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tokrl.algorithms.sampling import check_selection_options
+from tokrl.infra.validation import check_finite, require
+
 
 @dataclass
 class AlgoConfig:
@@ -51,6 +54,12 @@ class AlgoConfig:
     success_threshold: float = field(
         default=1.0, metadata={"help": "T-SPMO replay: a completion with reward >= this counts as a success."}
     )
+
+    def check(self) -> None:
+        """The options' values, alone (each error names the flat key); the algorithms check theirs again."""
+        check_finite(self, AlgoConfig)
+        require(self.max_tokens >= 1, f"max_tokens: must be >= 1 (0 selects no token to train), got {self.max_tokens}")
+        check_selection_options(self.alpha, self.max_tokens, self.selection, self.keep_prob, rule_key="selection")
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokrl.algorithms.base import AlgoConfig, Algorithm
-from tokrl.infra.registry import register_in
+from tokrl.infra.registry import register_in, unknown_choice
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
@@ -18,8 +18,7 @@ def register_algorithm(name: str) -> Callable[[type[Algorithm]], type[Algorithm]
 def get_algorithm(name: str, config: AlgoConfig | None = None) -> Algorithm:
     """Build the registered algorithm `name` with `config` (defaults when None)."""
     if name not in ALGORITHMS:
-        known = ", ".join(sorted(ALGORITHMS)) or "(none registered)"
-        raise ValueError(f"algorithm: unknown name {name!r}; expected one of: {known}")
+        raise unknown_choice("algorithm", name, available_algorithms())
     return ALGORITHMS[name](config)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from tokrl.algorithms.base import AlgoConfig
 from tokrl.algorithms.registry import register_algorithm
-from tokrl.algorithms.sampling import SELECTION_RULES, sample_group_positions, sample_positions
+from tokrl.algorithms.sampling import check_selection_options, sample_group_positions, sample_positions
 from tokrl.algorithms.sequence import SequenceAdvantageAlgorithm
 
 
@@ -23,12 +23,7 @@ class SGRPO(SequenceAdvantageAlgorithm):
     def __init__(self, config: AlgoConfig | None = None) -> None:
         super().__init__(config)
         c = self.config
-        if c.alpha < 0 or c.max_tokens < 0:
-            raise ValueError(f"s-grpo: alpha and max_tokens must be >= 0, got {c.alpha}, {c.max_tokens}")
-        if c.selection not in SELECTION_RULES:
-            raise ValueError(f"selection: expected one of {', '.join(SELECTION_RULES)}, got {c.selection!r}")
-        if not 0.0 < c.keep_prob <= 1.0:
-            raise ValueError(f"keep_prob: expected a probability in (0, 1], got {c.keep_prob}")
+        check_selection_options(c.alpha, c.max_tokens, c.selection, c.keep_prob, rule_key="selection")
 
     def select_positions(self, length: int, generator: torch.Generator | None) -> torch.Tensor:
         c = self.config

@@ -23,6 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
+from tokrl.infra.registry import unknown_choice
+from tokrl.infra.validation import require
+
 
 def _sequential_later(n_later: int, alpha: int, room: int, keep_prob: float, generator) -> torch.Tensor:
     """The earliest later positions that pass a Bernoulli(keep_prob) draw, at most `room`: [m] int64."""
@@ -45,6 +48,18 @@ _LATER_RULES = {"sequential": _sequential_later, "spread": _spread_later}
 SELECTION_RULES = tuple(_LATER_RULES)
 
 
+def check_selection_options(
+    alpha: int, max_tokens: int, rule: str, keep_prob: float, *, rule_key: str = "rule"
+) -> None:
+    """S-GRPO's selection options, checked in this one place (the config, S-GRPO and the functions below call
+    it): alpha and max_tokens >= 0, a known rule (named `rule_key` in the error), keep_prob in (0, 1]."""
+    require(alpha >= 0, f"alpha: must be >= 0, got {alpha}")
+    require(max_tokens >= 0, f"max_tokens: must be >= 0, got {max_tokens}")
+    if rule not in _LATER_RULES:
+        raise unknown_choice(rule_key, rule, list(SELECTION_RULES))
+    require(0.0 < keep_prob <= 1.0, f"keep_prob: must be in (0, 1], got {keep_prob}")
+
+
 def sample_positions(
     length: int,
     alpha: int = 25,
@@ -61,14 +76,9 @@ def sample_positions(
     keep_prob: P of the sequential rule, in (0, 1]; unused by "spread".
     returns: [n] int64 with n <= max_tokens.
     """
-    if length < 0 or alpha < 0 or max_tokens < 0:
-        raise ValueError(
-            f"sample_positions: length, alpha, max_tokens must be >= 0; got {length}, {alpha}, {max_tokens}"
-        )
-    if rule not in _LATER_RULES:
-        raise ValueError(f"sample_positions: rule must be one of {', '.join(SELECTION_RULES)}; got {rule!r}")
-    if not 0.0 < keep_prob <= 1.0:
-        raise ValueError(f"sample_positions: keep_prob must be in (0, 1]; got {keep_prob}")
+    if length < 0:
+        raise ValueError(f"sample_positions: length must be >= 0, got {length}")
+    check_selection_options(alpha, max_tokens, rule, keep_prob)
     head = min(alpha, length, max_tokens)
     first = torch.arange(head, dtype=torch.int64)  # [head] always selected
     n_later = length - alpha
@@ -100,12 +110,9 @@ def sample_group_positions(
         return [
             sample_positions(n, alpha, max_tokens, generator, rule=rule, keep_prob=keep_prob).tolist() for n in lengths
         ]
-    if min(lengths) < 0 or alpha < 0 or max_tokens < 0:
-        raise ValueError(
-            f"sample_positions: length, alpha, max_tokens must be >= 0; got {min(lengths)}, {alpha}, {max_tokens}"
-        )
-    if not 0.0 < keep_prob <= 1.0:
-        raise ValueError(f"sample_positions: keep_prob must be in (0, 1]; got {keep_prob}")
+    if min(lengths) < 0:
+        raise ValueError(f"sample_positions: length must be >= 0, got {min(lengths)}")
+    check_selection_options(alpha, max_tokens, rule, keep_prob)
     room = max_tokens - alpha
     # Completions with later positions to draw for: longer than alpha, and alpha itself under the cap.
     n_later = [n - alpha if n > alpha and room >= 0 else 0 for n in lengths]

@@ -1,8 +1,10 @@
-"""The one decorator behind every name -> class registry (algorithms, tasks): register, name, refuse clashes."""
+"""The one decorator behind every name -> class registry (algorithms, tasks, samplers, reporters): register, name,
+refuse clashes; and the one error for an unknown name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 C = TypeVar("C", bound=type)
@@ -23,3 +25,11 @@ def register_in(table: dict[str, type], kind: str, name: str) -> Callable[[C], C
         return cls
 
     return decorate
+
+
+def unknown_choice(kind: str, name: str, choices: Sequence[str]) -> ValueError:
+    """The one error for a name no registry (or option list) knows: "kind: unknown 'x' (did you mean 'y'?);
+    expected one of: a, b"."""
+    close = difflib.get_close_matches(name, list(choices), n=3) if isinstance(name, str) else []
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return ValueError(f"{kind}: unknown {name!r}{hint}; expected one of: {', '.join(choices)}")

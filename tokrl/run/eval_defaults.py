@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from tokrl.config import DEFAULT_PRESET, load_config
+from tokrl.config.loading import load_config
+from tokrl.config.presets import DEFAULT_PRESET
 from tokrl.run.warm_start import SFT_CONFIG
 
 

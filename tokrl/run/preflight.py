@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from tokrl.config import TrainConfig
+from tokrl.config.schema import TrainConfig
 from tokrl.models.lora import apply_lora
 from tokrl.models.names import TINY_NAME
 from tokrl.models.tiny import tiny_config

@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from tokrl.config import TrainConfig, config_from_dict, flat_fields, load_config
+from tokrl.config.loading import config_from_dict, load_config
+from tokrl.config.schema import TrainConfig, flat_fields
 from tokrl.run.checkpoint import checkpoint_dirs
 
 logger = logging.getLogger("tokrl")

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokrl.config import TrainConfig
+from tokrl.config.schema import TrainConfig
 from tokrl.infra.atomic import TEMP_FILE_PREFIX, fsync_dir
 from tokrl.infra.reporting import TENSORBOARD_DIR, WANDB_RUN_ID_FILE
 from tokrl.run.checkpoint import CHECKPOINT_RE, checkpoint_dirs

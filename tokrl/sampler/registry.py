@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from tokrl.infra.registry import register_in
+from tokrl.infra.registry import register_in, unknown_choice
 from tokrl.sampler.token_sampling import SamplingOptions
 
 SAMPLERS: dict[str, type] = {}
@@ -76,7 +76,7 @@ def resolve_sampler(name: str, model: torch.nn.Module) -> Sampler:
     (`auto_choice`: merged or not on CUDA, AUTO_ON_CPU on CPU), else hf (saying why once per model). An
     explicit name the model cannot use raises ValueError."""
     if name != AUTO and name not in SAMPLERS:
-        raise ValueError(f"sampler: expected one of {', '.join(sampler_names())}, got {name!r}")
+        raise unknown_choice("sampler", name, sampler_names())
     if name == AUTO:
         device = next(model.parameters()).device
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None

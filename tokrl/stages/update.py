@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from tokrl.config import TrainConfig
+from tokrl.config.schema import TrainConfig
 from tokrl.infra import distributed
 from tokrl.infra.memory import peak_memory_mib, reset_peak_memory
 from tokrl.models.forward import hidden_states, lm_head_weight, router_aux_loss_note, set_training

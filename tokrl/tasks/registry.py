@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tokrl.infra.registry import register_in
+from tokrl.infra.registry import register_in, unknown_choice
 from tokrl.tasks.base import Task
 
 TASKS: dict[str, type[Task]] = {}
@@ -22,7 +22,7 @@ def register_task(name: str) -> Callable[[T], T]:
 def get_task(name: str, **options: Any) -> Task:
     """Build the registered task `name` with its keyword `options` (see each task class for them)."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(available_tasks())}")
+        raise unknown_choice("task", name, available_tasks())
     cls = TASKS[name]
     accepted = [
         param.name
