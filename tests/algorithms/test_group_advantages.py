@@ -54,8 +54,10 @@ def test_non_finite_tensor_is_refused():
         group_advantages([1.0, float("nan")])
 
 
-def test_validate_accepts_none_and_finite():
-    validate_rewards([1.0, None, 0, -2.5, True])
+def test_validate_accepts_none_and_finite_numbers_and_refuses_bools():
+    assert validate_rewards([1.0, None, 0, -2.5, 10**400 // 10**399]) is None  # ints, floats, None: no error
+    with pytest.raises(TypeError, match="non-numeric reward True for completion 1"):
+        validate_rewards([1.0, True])  # the Task's rule too (tokrl.tasks.base): a bool is a bug, not 1.0
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

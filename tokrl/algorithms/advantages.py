@@ -13,27 +13,25 @@ A group whose rewards are all equal (including G = 1, where the sample std is un
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
+
+from tokrl.infra.validation import NOT_A_NUMBER, reward_problem
 
 STD_EPS = 1e-4  # added to std before dividing: keeps near-constant groups from blowing up advantages
 
 
 def validate_rewards(rewards: Sequence[float | None], reward_name: str = "reward") -> None:
-    """Raise if any reward is not None and not a finite real number.
-
-    None is allowed (the completion is left out of its group's baseline and loss). NaN or inf raise a
-    ValueError naming `reward_name`, so the trainer can pass the reward function's own name.
-    """
+    """Raise if a reward breaks `reward_problem`'s rule: TypeError for a non-number, ValueError for NaN or inf,
+    naming `reward_name` and the completion (None is allowed: left out of its group's baseline and loss)."""
     for i, r in enumerate(rewards):
-        if r is None:
+        problem = reward_problem(r)
+        if problem is None:
             continue
-        if not isinstance(r, numbers.Real):
+        if problem == NOT_A_NUMBER:
             raise TypeError(f"reward function {reward_name!r} returned a non-numeric reward {r!r} for completion {i}")
-        if not math.isfinite(r):
-            raise ValueError(f"reward function {reward_name!r} returned a non-finite reward {r} for completion {i}")
+        raise ValueError(f"reward function {reward_name!r} returned a non-finite reward {r} for completion {i}")
 
 
 def all_equal(rewards: Sequence[float]) -> bool:

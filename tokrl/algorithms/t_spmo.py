@@ -20,7 +20,7 @@ from collections import defaultdict, deque
 
 import torch
 
-from tokrl.algorithms.advantages import all_equal, validate_rewards
+from tokrl.algorithms.advantages import all_equal
 from tokrl.algorithms.base import AlgoConfig, Algorithm, Group, GroupSelection
 from tokrl.algorithms.prefix import prefix_pairs
 from tokrl.algorithms.registry import register_algorithm
@@ -45,7 +45,6 @@ class TSPMO(Algorithm):
         self._pending: defaultdict[str, deque[list[int]]] = defaultdict(deque)
 
     def process_group(self, group: Group, generator: torch.Generator | None = None) -> GroupSelection:
-        validate_rewards(group.rewards)
         zero_std = all_equal([r for r in group.rewards if r is not None])
         pairs = prefix_pairs(group.completions, group.rewards)  # [] when zero_std
         norm_units = len(pairs) if self.loss_type == "pair_mean" else 0

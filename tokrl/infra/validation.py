@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 
@@ -22,3 +23,19 @@ def check_finite(options: Any, cls: type, prefix: str = "") -> None:
             not isinstance(value, float) or math.isfinite(value),
             f"{prefix}{f.name}: must be a finite number, got {value}",
         )
+
+
+NOT_A_NUMBER = "must be numbers or None"
+NOT_FINITE = "must be finite numbers or None"
+
+
+def reward_problem(value: object) -> str | None:
+    """What is wrong with `value` as a reward, or None when it is one: a real number other than a bool (True is
+    not 1.0 here: a reward function returning bools is a bug to report), finite, or None ("cannot score")."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return NOT_A_NUMBER
+    if not math.isfinite(value):
+        return NOT_FINITE
+    return None

@@ -9,8 +9,6 @@ The trainer passes each example's columns repeated once per completion.
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from tokrl.infra.validation import reward_problem
 from tokrl.tasks.conversation import as_assistant_messages, is_conversational, render_chat
 
 
@@ -136,14 +135,9 @@ class Task(ABC):
             raise RewardError(f"{self.reward_name}: returned {len(scores)} rewards for {len(completions)} completions")
         checked: list[float | None] = []
         for score in scores:
-            if score is not None and (isinstance(score, bool) or not isinstance(score, numbers.Real)):
-                raise RewardError(
-                    f"reward function {self.reward_name!r}: rewards must be numbers or None, got {score!r}"
-                )
-            if score is not None and not math.isfinite(score):
-                raise RewardError(
-                    f"reward function {self.reward_name!r}: rewards must be finite numbers or None, got {score!r}"
-                )
+            problem = reward_problem(score)
+            if problem is not None:
+                raise RewardError(f"reward function {self.reward_name!r}: rewards {problem}, got {score!r}")
             checked.append(None if score is None else float(score))
         return checked
 
