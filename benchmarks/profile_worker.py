@@ -36,7 +36,10 @@ def _resolve(owner: str, trainer: Any, log: Any) -> Any:
             return importlib.import_module(owner)
         except ImportError:
             module, _, name = owner.rpartition(".")
-            obj, parts = importlib.import_module(module), [name]
+            try:
+                obj, parts = importlib.import_module(module), [name]
+            except ImportError:  # a module of an older or newer tree
+                return None
     for part in parts:
         obj = getattr(obj, part, None)
     return obj
@@ -78,7 +81,10 @@ def _profile(args: argparse.Namespace, trainer: Any, log: Any, step: Any) -> dic
     """Phase times and host reads over args.steps steps, then aten ops over args.profile_steps (docstring)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from tokrl.stages.update import PolicyUpdate
+    try:
+        from tokrl.stages.update import PolicyUpdate
+    except ImportError:  # a tree from before tokrl/stages/
+        from tokrl.policy_update import PolicyUpdate
 
     shapes: list[tuple[int, int]] = []
     real_apply = PolicyUpdate.apply

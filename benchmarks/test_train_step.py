@@ -9,10 +9,11 @@ rewards from a fixed seed. Completions branch off an earlier completion of their
 from an exponential distribution with mean BRANCH_MEAN tokens (sampled completions of one prompt share
 their first tokens and drift apart early), so T-SPMO finds branching points as in real groups.
 
-The rows come from the real algorithms (`process_group`), and the tokrl variants run the trainer's own
-update path: `tokrl.stages.select.pack_loss_batch` (only completions with a selected token, each cut after its
-own last selected position, left-padded into one batch), `tokrl.models.hidden_states` (no logits) and
-`tokrl_kernels.linear_pg_loss` (impl="auto": Triton on CUDA, the PyTorch twin on CPU). Variants:
+The rows come from the real algorithms (`process_group`, `gather_rows`), and the tokrl variants run the function
+the trainer's update runs first, `PolicyUpdate.loss_backward` (tokrl.stages.update, default LossConfig: one
+micro-batch, beta 0): `pack_loss_batch` (only completions with a selected token, each cut after its own last
+selected position, left-padded into one batch), the model's final hidden states (no logits) and
+`tokrl_kernels.linear_pg_loss` (impl="auto": Triton on CUDA, the PyTorch twin on CPU), then backward. Variants:
 - grpo_naive           the model's forward with full [B, L, V] logits, fp32 log_softmax, gather at every
                        completion token, `tokrl_kernels.reference.pg_epilogue`: full-token GRPO as TRL did it.
 - grpo_tokrl           every completion token with tokrl.
@@ -36,11 +37,12 @@ import pytest
 import torch
 from bench_utils import DEVICE, ON_CUDA, build_bench_model, check_close, extra_info, peak_mib, rounds, sync
 
-import tokrl_kernels
 from tokrl.algorithms import AlgoConfig, Group, get_algorithm
-from tokrl.models.forward import hidden_states, lm_head_weight
+from tokrl.config.sections import LossConfig, OptimConfig
+from tokrl.models.forward import lm_head_weight
 from tokrl.models.lora import apply_lora
 from tokrl.stages.select import LossRows, gather_rows, pack_loss_batch
+from tokrl.stages.update import PolicyUpdate
 from tokrl_kernels.reference import pg_epilogue
 
 PROMPTS, GROUP, PROMPT_LEN, COMPLETION_LEN = 4, 8, 48, 200
@@ -106,6 +108,7 @@ def _make_batch(vocab: int) -> Batch:
 
 
 def _naive_loss(model: torch.nn.Module, batch: Batch, rows: LossRows) -> torch.Tensor:
+    """Full-token loss from the full [B, L, V] logits, then backward; returns the loss."""
     ids = batch.input_ids
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits  # [B, L, V]
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [B, L, V] fp32
@@ -115,17 +118,22 @@ def _naive_loss(model: torch.nn.Module, batch: Batch, rows: LossRows) -> torch.T
     loss_rows, _clipped = pg_epilogue(
         logp, rows.advantage.to(DEVICE), None, None, rows.weight.to(DEVICE), eps_low=0.2, eps_high=0.2, beta=0.0
     )  # [k]
-    return loss_rows.sum()
+    loss = loss_rows.sum()
+    loss.backward()
+    return loss.detach()
+
+
+def _trainer_update(model: torch.nn.Module) -> PolicyUpdate:
+    """The trainer's update for `model`: default loss and optimiser sections, sampling temperature 1."""
+    return PolicyUpdate(
+        model, LossConfig(), OptimConfig(), steps=1, temperature=1.0, pad_id=PAD_ID, device=torch.device(DEVICE)
+    )
 
 
 def _tokrl_loss(model: torch.nn.Module, batch: Batch, rows: LossRows) -> torch.Tensor:
-    packed, index = pack_loss_batch(batch.prompts, batch.completions, rows, PAD_ID, DEVICE)  # [B', L'], [k]
-    hidden = hidden_states(model, packed.input_ids, packed.attention_mask)  # [B', L', D]
-    out = tokrl_kernels.linear_pg_loss(
-        hidden.reshape(-1, hidden.shape[-1]), lm_head_weight(model), rows.token.to(DEVICE),
-        rows.advantage.to(DEVICE), index, weights=rows.weight.to(DEVICE),
-    )  # fmt: skip
-    return out.loss
+    """The trainer's own forward, loss and backward (PolicyUpdate.loss_backward); returns the loss."""
+    totals = _SETUP["update"].loss_backward(batch.prompts, batch.completions, rows)
+    return torch.tensor(totals.loss)
 
 
 def _forward_tokens(batch: Batch, variant: str) -> tuple[int, int]:
@@ -148,6 +156,7 @@ def _setup() -> tuple[torch.nn.Module, str, Batch]:
     if not _SETUP:
         model, name = _build_model()
         _SETUP.update(model=model, name=name, batch=_make_batch(lm_head_weight(model).shape[0]))
+        _SETUP["update"] = _trainer_update(model)
     return _SETUP["model"], _SETUP["name"], _SETUP["batch"]
 
 
@@ -160,14 +169,16 @@ def _check(model: torch.nn.Module, batch: Batch, variant: str) -> None:
     if variant.endswith("_naive"):
         return  # it is the reference
     rows = batch.rows[variant]
-    model.eval()  # no dropout: both passes must see the same network
+    dropouts = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for module, _ in dropouts:  # no dropout: both passes must see the same network (the update runs train mode)
+        module.p = 0.0
     results = []
     for fn in (_naive_loss, _tokrl_loss):
         model.zero_grad(set_to_none=True)
-        loss = fn(model, batch, rows)
-        loss.backward()
-        results.append((loss.detach(), _lora_grads(model)))
+        results.append((fn(model, batch, rows), _lora_grads(model)))
     model.zero_grad(set_to_none=True)
+    for module, p in dropouts:
+        module.p = p
     model.train()
     (want_loss, want_grad), (got_loss, got_grad) = results
     scale = float((rows.weight * rows.advantage.abs()).sum())
@@ -194,10 +205,9 @@ def test_train_step(benchmark, variant: str, checkpointing: bool) -> None:
     model.train()
 
     def step() -> torch.Tensor:
-        loss = loss_fn(model, batch, rows)
-        loss.backward()
+        loss = loss_fn(model, batch, rows)  # forward, loss and backward
         sync()
-        return loss.detach()
+        return loss
 
     def clear_grads() -> None:
         model.zero_grad(set_to_none=True)

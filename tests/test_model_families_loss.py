@@ -150,11 +150,11 @@ def test_the_trainer_update_reads_the_model_distribution(family, tmp_path):
     with model.disable_adapter():
         want_ref = own_logp()
     config = load_config(beta=0.04, lora_dropout=0.0, temperature=TEMPERATURE, impl="torch", device="cpu")
-    update = PolicyUpdate(model, config, tokenizer.pad_token_id, torch.device("cpu"), save=lambda: tmp_path)
+    update = PolicyUpdate.for_run(model, config, tokenizer.pad_token_id, torch.device("cpu"))
     (part,) = update._micro_batches(prompts, completions, rows)
     torch.testing.assert_close(part.ref_logp, want_ref, rtol=TOL, atol=TOL)
-    update.apply(prompts, completions, rows, step=0, selected=len(rows))
-    torch.testing.assert_close(update.last_logp, want, rtol=TOL, atol=TOL)  # pi_old: the first iteration's log-probs
+    result = update.apply(prompts, completions, rows, step=0, selected=len(rows))
+    torch.testing.assert_close(result.logp, want, rtol=TOL, atol=TOL)  # pi_old: the first iteration's log-probs
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

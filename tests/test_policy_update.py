@@ -14,12 +14,12 @@ import json
 import pytest
 import torch
 
-from tests.test_trainer import HashRewardTrainer, _base_and_lora, small_config
+from tests.trainer_helpers import HashRewardTrainer, base_and_lora, small_config
 from tokrl.stages.update import NonFiniteLossError, PolicyUpdate
 
 
 def _grads_and_totals(update: PolicyUpdate, prompts, completions, rows, micro: int):
-    update.config.loss_micro_batch = micro
+    update.loss.loss_micro_batch = micro
     update.optimizer.zero_grad(set_to_none=True)
     parts = update._micro_batches(prompts, completions, rows)
     totals = sum(update._loss_backward(part, first_iteration=True) for part in parts)
@@ -55,7 +55,7 @@ def test_micro_batches_equal_one_forward(tmp_path, monkeypatch, algorithm, repla
             torch.testing.assert_close(got_totals[:3], want_totals[:3], rtol=1e-5, atol=1e-6)
             assert got_totals[3] == want_totals[3] if not share_prompts else got_totals[3] >= want_totals[3]
             checked.append(step)
-        self.config.loss_micro_batch = 0
+        self.loss.loss_micro_batch = 0
         return real_apply(self, prompts, completions, rows, step, selected)
 
     monkeypatch.setattr(PolicyUpdate, "apply", checking_apply)
@@ -97,12 +97,12 @@ def test_non_finite_gradient_norm_stops_before_the_optimiser_step(tmp_path):
     # infinite gradient with a finite loss must still stop the run before AdamW moves a weight.
     trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo"))
     trainer.setup()
-    _, lora_before = _base_and_lora(trainer.model)
+    _, lora_before = base_and_lora(trainer.model)
     poisoned = next(p for name, p in trainer.model.named_parameters() if "lora_B" in name)
     poisoned.register_hook(lambda grad: grad + float("inf"))
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm \(inf\) at step 1"):
         trainer.run()
-    _, lora_after = _base_and_lora(trainer.model)
+    _, lora_after = base_and_lora(trainer.model)
     assert all(torch.equal(lora_before[k], lora_after[k]) for k in lora_before), "the bad update was applied"
     assert not trainer.update.optimizer.state, "AdamW took a step"
 

@@ -10,7 +10,7 @@ import types
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, build_parser, main
 from tokrl.config import load_config
 from tokrl.infra.extras import MissingExtraError
@@ -23,9 +23,10 @@ class CrashingTrainer(HashRewardTrainer):
 
     crash_at = 3
 
-    def _on_step_end(self) -> None:
-        if self.step == self.crash_at:
+    def train_step(self, step):
+        if step == self.crash_at:  # step crash_at (1-based) is done, logged and saved: the next one dies
             raise RuntimeError("simulated crash")
+        return super().train_step(step)
 
 
 def jsonl_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:

@@ -1,70 +1,27 @@
 """The RL loop on the tiny model: smoke runs of every algorithm, exact resume, signals, failures, SFT cache.
 
-The tiny model starts from random weights here (sft_steps=0, so no warm start), and its completions would
-all score 0 on multiplication. The trainer's task reward is swapped for a deterministic hash of the text,
-so groups have mixed rewards and every algorithm has something to learn from.
+The Trainers and config come from tests/trainer_helpers.py (rewards swapped for a deterministic hash).
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import zlib
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainer_helpers import HashRewardTrainer, base_and_lora, changed, small_config
 from tokrl.algorithms import AlgoConfig, GroupSelection, available_algorithms
 from tokrl.config import load_config
+from tokrl.infra.lr_schedule import lr_scheduler
 from tokrl.infra.seeding import step_seed
 from tokrl.run.checkpoint import StopSignals
 from tokrl.run.warm_start import sft_stage
 from tokrl.stages.select import gather_rows
-from tokrl.stages.update import NonFiniteLossError, build_scheduler
+from tokrl.stages.update import NonFiniteLossError
 from tokrl.trainer import Trainer
-
-
-def hash_reward(completions, **columns):
-    return [float(zlib.crc32(c.encode()) % 2) for c in completions]
-
-
-def small_config(tmp_path, **overrides):
-    settings = {
-        "output_dir": str(tmp_path / "run"),
-        "sft_steps": 0,
-        "steps": 2,
-        "prompts_per_step": 2,
-        "num_generations": 4,
-        "max_new_tokens": 6,
-        "eval_size": 4,
-        "eval_batch_size": 4,
-        "lr": 1e-2,
-        "progress": False,
-        "num_threads": 1,
-        "task_options": {"digits_a": 2, "digits_b": 1, "train_size": 8, "test_size": 4},
-    }
-    return load_config(**(settings | overrides))
-
-
-class HashRewardTrainer(Trainer):
-    """A Trainer whose task reward is `hash_reward`; optionally raises SIGINT after step `interrupt_at`."""
-
-    interrupt_at: int | None = None
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.task.reward = hash_reward
-
-    def _on_step_end(self) -> None:
-        if self.step == self.interrupt_at:
-            signal.raise_signal(signal.SIGINT)
-
-
-def _base_and_lora(model):
-    base = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" not in k}
-    lora = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
-    return base, lora
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "s-grpo", "t-spmo"])
@@ -72,11 +29,12 @@ def test_two_step_smoke(tmp_path, algorithm):
     assert algorithm in available_algorithms()
     trainer = HashRewardTrainer(small_config(tmp_path, algorithm=algorithm))
     trainer.setup()
-    base0, lora0 = _base_and_lora(trainer.model)
+    base0, lora0 = base_and_lora(trainer.model)
     result = trainer.run()
-    base1, lora1 = _base_and_lora(trainer.model)
-    assert all(torch.equal(base0[k], base1[k]) for k in base0), "base weights must stay frozen"
-    assert any(not torch.equal(lora0[k], lora1[k]) for k in lora0), "LoRA weights must train"
+    base1, lora1 = base_and_lora(trainer.model)
+    assert not changed(base0, base1), "base weights must stay frozen"
+    # Step 1 moves every lora_B (it starts at 0, so lora_A gets no gradient yet); step 2 moves every lora_A too.
+    assert sorted(changed(lora0, lora1)) == sorted(lora0), "every LoRA weight of every adapted module must train"
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]
@@ -94,8 +52,13 @@ def test_two_step_smoke(tmp_path, algorithm):
 def test_kl_and_ppo_iterations(tmp_path):
     trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo", beta=0.1, num_iterations=2, steps=1))
     result = trainer.run()
-    assert result.metrics["kl"] >= 0 and torch.isfinite(torch.tensor(result.metrics["loss"]))
+    # The logged statistics are the second iteration's: after the first optimiser step the adapter is no longer
+    # zero, so the policy differs from the adapter-free reference (KL > 0) and from pi_old (ratio != 1).
+    assert result.metrics["kl"] > 0, "the reference log-probs (beta > 0) never reached the loss"
+    assert torch.isfinite(torch.tensor(result.metrics["loss"]))
     assert trainer.update.scheduler.last_epoch == 2  # one scheduler step per optimiser step
+    plain = HashRewardTrainer(small_config(tmp_path / "plain", algorithm="grpo", num_iterations=2, steps=1)).run()
+    assert plain.metrics["kl"] == 0.0  # beta = 0: no reference forward, nothing to report
 
 
 def _adapter(path):
@@ -147,12 +110,12 @@ def test_non_finite_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(update_module, "linear_pg_loss", poisoned)
     trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo"))
     trainer.setup()
-    _, lora0 = _base_and_lora(trainer.model)
+    _, lora0 = base_and_lora(trainer.model)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 1.*--lr"):
         trainer.run()
     saved = _adapter(trainer.output_dir / "checkpoint-0")
     assert len(saved) == len(lora0)
-    _, lora1 = _base_and_lora(trainer.model)
+    _, lora1 = base_and_lora(trainer.model)
     assert all(torch.equal(lora0[k], lora1[k]) for k in lora0), "the bad update was not applied"
 
 
@@ -197,7 +160,7 @@ def test_scheduler_shapes():
     factors = {}
     for name in ("constant", "linear", "cosine"):
         optimizer = torch.optim.SGD(params, lr=1.0)
-        scheduler = build_scheduler(optimizer, name, warmup=2, total=6)
+        scheduler = lr_scheduler(optimizer, name, warmup=2, total=6)
         seen = []
         for _ in range(6):
             seen.append(optimizer.param_groups[0]["lr"])

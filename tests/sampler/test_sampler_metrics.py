@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config
 from tokrl.sampler import cuda_graph
 from tokrl.stages.record import sampler_gap_stats
 
@@ -35,7 +35,7 @@ def test_tokrl_sampler_matches_the_loss_policy_without_dropout(tmp_path, algorit
     trainer = HashRewardTrainer(config)
     trainer.setup()
     if replay:  # successes in the buffer, so T-SPMO hands out replay prefixes (prompt rows with a prefix)
-        for example in trainer.batch_examples(0) + trainer.batch_examples(1):
+        for example in trainer.collector.order.examples(0) + trainer.collector.order.examples(1):
             answer = trainer.tokenizer("1234567", add_special_tokens=False)["input_ids"]
             trainer.algorithm.replay.add(trainer.task.format_prompt(example["prompt"]), answer, 1.0)
     for step in range(2):

@@ -1,4 +1,4 @@
-"""Options checked against the model before anything is written: LoRA targets and prompt lengths.
+"""Options checked before anything is written: the task's splits against the batch, LoRA targets, prompt lengths.
 
 Both checks need the model's architecture and tokenizer, not its weights, and both used to run only after
 the warm start had written output_dir/sft (a wrong `--lora-target-modules` or a `--max-new-tokens` that
@@ -22,6 +22,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from tokrl.config.schema import TrainConfig
+from tokrl.infra import distributed
 from tokrl.models.lora import apply_lora
 from tokrl.models.names import TINY_NAME
 from tokrl.models.tiny import tiny_config
@@ -71,3 +72,16 @@ def check_model_options(config: TrainConfig, task: Task) -> bool:
         except ValueError as err:
             raise ValueError(f"lora_target_modules: {err}") from None
     return True
+
+
+def check_splits(config: TrainConfig, train_size: int, test_size: int, world_size: int) -> None:
+    """Refuse a train split smaller than one step's prompts, an empty test split, and a step that the
+    processes cannot share evenly (before any weights load)."""
+    if train_size < config.prompts_per_step:
+        raise ValueError(
+            f"prompts_per_step: {config.prompts_per_step} prompts per step but the {config.task!r} train split has "
+            f"only {train_size} examples"
+        )
+    if test_size == 0:
+        raise ValueError(f"task: the {config.task!r} test split is empty; evaluation needs examples")
+    distributed.check_world_size(config.prompts_per_step, world_size)

@@ -35,10 +35,53 @@ Sampler fidelity, on the tokens the loss selected (None when the sampler gives n
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tokrl.infra import distributed
+
+if TYPE_CHECKING:
+    from tokrl.sampler.rollout import Rollout
+    from tokrl.stages.select import Selection
+    from tokrl.stages.update import UpdateResult
+
+
+def step_record(
+    step: int, rollout: Rollout, chosen: Selection, update: UpdateResult, start: float, gen_seconds: float
+) -> dict[str, Any]:
+    """The metrics record of 0-based `step` (module docstring), over the global batch: `rollout` is this rank's
+    sampling, `chosen` every rank's shard, `update` this rank's update (its statistics are already global).
+    `start`: the step's perf_counter start; `gen_seconds`: its rollout half. A collective (the sampler gaps)."""
+    shards, everyone = chosen.shards, chosen.groups
+    gaps = distributed.all_gather_object(sampler_logp_gaps(rollout.logprobs, chosen.rows, update.logp))
+    mean, std = reward_stats([r for group in everyone for r in group.rewards])
+    completions = [comp for group in everyone for comp in group.completions]
+    prefix_lens = [n for shard in shards for n in shard.prefix_lens]
+    zero_std = [z for shard in shards for z in shard.zero_std]
+    gen_peak = max(s.gen_peak_mem_mib for s in shards)
+    return {
+        "kind": "train",
+        "step": step + 1,
+        "reward_mean": mean,
+        "reward_std": std,
+        "frac_zero_std": sum(zero_std) / len(zero_std),
+        "completion_len": sum(len(comp) for comp in completions) / len(completions),
+        "prefix_len": sum(prefix_lens) / len(prefix_lens),
+        "selected_tokens": chosen.selected,
+        **update.stats(),
+        "lr": update.lr,
+        **sampler_gap_stats([g for shard in gaps for g in shard] if None not in gaps else None),
+        "gen_seconds": gen_seconds,
+        "update_seconds": update.seconds,
+        "step_time_s": time.perf_counter() - start,
+        "gen_tokens_per_s": sum(s.tokens for s in shards) / max(max(s.seconds for s in shards), 1e-9),
+        "sampler_graphed": min((s.graphed for s in shards if s.graphed is not None), default=None),
+        "gen_peak_mem_mib": gen_peak,
+        "peak_mem_mib": max(gen_peak, update.peak_mem_mib),
+    }
 
 
 def reward_stats(rewards: Sequence[float | None]) -> tuple[float, float]:
@@ -58,7 +101,6 @@ def reward_stats(rewards: Sequence[float | None]) -> tuple[float, float]:
     scaled = [r / scale for r in valid]
     mean = math.fsum(scaled) / len(scaled)
     return mean * scale, math.sqrt(math.fsum((r - mean) ** 2 for r in scaled) / len(scaled)) * scale
-
 
 
 RATIO_BAND = (0.9, 1.1)

@@ -1,7 +1,9 @@
-"""From the algorithm's selections to the loss's forward batch: `LossRows`, `gather_rows`, `pack_loss_batch`.
+"""Stage 2 of a step, `select(batch) -> Selection`, and the loss's forward batch: `LossRows`, `pack_loss_batch`.
 
-After the algorithm has selected tokens, `gather_rows` concatenates the groups' selections into batch rows
-(weights divided by the batch's total norm_units) and `pack_loss_batch` builds the one teacher-forced
+`select` runs the algorithm on each of this rank's groups (its token selection draws from the prompt's stream),
+shares the groups with every rank (each rank's algorithm observes every group: identical state everywhere) and
+sums the global norm_units and selected-token count. Then `gather_rows` concatenates the groups' selections
+into batch rows (weights divided by the batch's total norm_units) and `pack_loss_batch` builds the one teacher-forced
 forward batch the loss needs: only rows that own a selected token, each cut after its last selected
 position, left-padded, plus the flat hidden-state index of every selected token.
 """
@@ -10,10 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from tokrl.algorithms import GroupSelection
+from tokrl.algorithms import Algorithm, Group, GroupSelection
+from tokrl.infra import distributed
+
+if TYPE_CHECKING:
+    from tokrl.stages.collect import RolloutBatch
 
 
 @dataclass
@@ -83,13 +90,67 @@ def gather_rows(selections: list[GroupSelection], group_size: int, units: float 
     )
 
 
+@dataclass
+class RolloutShard:
+    """One rank's part of a step, as every rank receives it: its groups, their replay prefix lengths, which
+    groups had no learning signal, and its sampling's seconds, generated tokens, peak memory and graphed share."""
+
+    groups: list[Group]
+    prefix_lens: list[int]
+    zero_std: list[bool]
+    seconds: float
+    tokens: int
+    gen_peak_mem_mib: float
+    graphed: float | None
+
+
+@dataclass
+class Selection:
+    """What `select` returns: this rank's loss rows, the global number of selected tokens, every rank's shard
+    (rank order = global prompt order)."""
+
+    rows: LossRows
+    selected: int
+    shards: list[RolloutShard]
+
+    @property
+    def groups(self) -> list[Group]:
+        """Every rank's groups, in global prompt order."""
+        return [group for shard in self.shards for group in shard.groups]
+
+
+def select(batch: RolloutBatch, algorithm: Algorithm, group_size: int) -> Selection:
+    """The algorithm's token selection on this rank's groups, gathered into loss rows weighted by the global
+    norm_units; every rank's algorithm observes every group (a collective: every rank calls it)."""
+    selections = [algorithm.process_group(g, s) for g, s in zip(batch.groups, batch.streams, strict=True)]
+    out = batch.rollout
+    local = RolloutShard(
+        batch.groups, [len(p) for p in batch.prefixes], [s.zero_std for s in selections], out.seconds,
+        out.generated_tokens, batch.peak_mem_mib, out.sampler_graphed,
+    )  # fmt: skip
+    shards = distributed.all_gather_object(local)  # rank order = global prompt order
+    for shard in shards:  # every rank observes every group: identical algorithm state everywhere
+        for group in shard.groups:
+            algorithm.observe(group)
+    counts = torch.tensor([sum(s.norm_units for s in selections), sum(len(s) for s in selections)]).double()
+    units, selected = distributed.all_reduce_sum(counts).tolist()  # global norm_units and selected tokens
+    return Selection(gather_rows(selections, group_size, units=units), int(selected), shards)
+
+
+def last_positions(rows: LossRows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(active [B'], packed_row [k], last [B']): the rollout rows that own a selected token (sorted), each
+    selected token's index into them, and each active row's last selected position."""
+    active, packed_row = torch.unique(rows.row, return_inverse=True)  # [B'], [k]
+    last = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")  # [B']
+    return active, packed_row, last
+
+
 def pack_loss_batch(
     prompts: list[list[int]], completions: list[list[int]], rows: LossRows, pad_id: int, device: torch.device
 ) -> tuple[PackedBatch, torch.Tensor]:
     """The forward batch (only rollout rows with a selected token, each cut after its last selected
     position) and the flat hidden-state index of every selected token: [k] int64."""
-    active, packed_row = torch.unique(rows.row, return_inverse=True)  # [B'], [k]
-    last = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")  # [B']
+    active, packed_row, last = last_positions(rows)  # [B'], [k], [B']
     keep = active.tolist()
     inputs = [completions[b][: int(n)] for b, n in zip(keep, last.tolist(), strict=True)]
     batch = pack_sequences([prompts[b] for b in keep], inputs, pad_id, device)

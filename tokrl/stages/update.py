@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,14 @@ from typing import Any
 import torch
 
 from tokrl.config.schema import TrainConfig
+from tokrl.config.sections import LossConfig, OptimConfig
 from tokrl.infra import distributed
+from tokrl.infra.lr_schedule import lr_scheduler
 from tokrl.infra.memory import peak_memory_mib, reset_peak_memory
 from tokrl.models.forward import hidden_states, lm_head_weight, router_aux_loss_note, set_training
 from tokrl.models.head import logit_transform
 from tokrl.stages.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason
-from tokrl.stages.select import LossRows, PackedBatch, pack_loss_batch
+from tokrl.stages.select import LossRows, PackedBatch, last_positions, pack_loss_batch
 from tokrl_kernels import linear_logprob, linear_pg_loss
 
 logger = logging.getLogger("tokrl")
@@ -82,50 +85,110 @@ class _Part:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm of a step was NaN/inf; the step was not applied and the state was saved."""
+    """The loss or gradient norm of a step was NaN/inf; the step was not applied. The trainer saves the state
+    and raises it again with the checkpoint named (`saved_to`)."""
+
+    def __init__(self, what: str, value: float, step: int, saved: Path | None = None) -> None:
+        self.what, self.value, self.step, self.saved = what, value, step, saved
+        where = f" State saved to {saved}." if saved is not None else ""
+        super().__init__(
+            f"non-finite {what} ({value}) at step {step + 1}; stopped without applying it.{where} Try a lower --lr, "
+            "a smaller --max-grad-norm, or --dtype float32; resume with --resume."
+        )
+
+    def saved_to(self, path: Path) -> NonFiniteLossError:
+        """The same error, naming the checkpoint the state was saved to."""
+        return NonFiniteLossError(self.what, self.value, self.step, path)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int) -> Any:
-    """Linear warmup over `warmup` optimiser steps, then constant, linear or cosine decay to 0 at `total`."""
+TOTALS = ("loss", "clipped", "kl_sum", "forward_tokens")  # a micro-batch's sums, in the order of its [4] tensor
 
-    def factor(i: int) -> float:
-        if i < warmup:
-            return (i + 1) / warmup
-        progress = min(1.0, (i - warmup) / max(total - warmup, 1))
-        return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[name]
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+@dataclass
+class LossTotals:
+    """One iteration's sums over this rank's rows: the loss, the PPO-clipped rows, the k3 KL (0 when beta = 0)
+    and the tokens the loss forward ran over."""
+
+    loss: float
+    clipped: float
+    kl_sum: float
+    forward_tokens: float
+
+
+@dataclass
+class UpdateResult:
+    """What one `PolicyUpdate.apply` did: the loss statistics of its last iteration (over every rank), the
+    learning rate after it, its peak memory and wall time, and the first iteration's log-probs of the rows.
+
+    loss: the optimised loss; grad_norm: before clipping; clip_frac: PPO-clipped share of the rows; kl: mean k3 KL
+    to the adapter-free model (beta > 0, else 0.0); forward_tokens: tokens the loss forward ran over;
+    logp [k] fp32 CPU: pi_old of the rows, aligned with them (zeros for an update with nothing selected)."""
+
+    loss: float
+    grad_norm: float
+    clip_frac: float
+    kl: float
+    forward_tokens: int
+    peak_mem_mib: float
+    lr: float
+    seconds: float
+    logp: torch.Tensor
+
+    def stats(self) -> dict[str, Any]:
+        """The metrics record's update keys, in its order."""
+        return {
+            "loss": self.loss, "grad_norm": self.grad_norm, "clip_frac": self.clip_frac, "kl": self.kl,
+            "forward_tokens": self.forward_tokens, "update_peak_mem_mib": self.peak_mem_mib,
+        }  # fmt: skip
 
 
 class PolicyUpdate:
     """Owns the trainable parameters' optimiser and schedule and applies one step's loss to them.
 
-    `save`: called before a NonFiniteLossError is raised (the trainer checkpoints there); returns the path.
+    Reads its own config sections: `loss` (clipping, KL, iterations, kernel, micro-batches, shared prompts) and
+    `optim` (AdamW and the schedule, planned over `steps` * num_iterations optimiser steps). `temperature` is
+    the sampling temperature, so the loss's pi_theta is the distribution the tokens were drawn from.
     """
 
     def __init__(
-        self, model: torch.nn.Module, config: TrainConfig, pad_id: int, device: torch.device, save: Callable[[], Path]
+        self,
+        model: torch.nn.Module,
+        loss: LossConfig,
+        optim: OptimConfig,
+        *,
+        steps: int,
+        temperature: float,
+        pad_id: int,
+        device: torch.device,
     ) -> None:
-        self.model, self.config, self.pad_id, self.device, self._save = model, config, pad_id, device, save
+        self.model, self.loss, self.optim, self.pad_id, self.device = model, loss, optim, pad_id, device
+        self.temperature = temperature
         self.params = [p for p in model.parameters() if p.requires_grad]
         # torch picks the multi-tensor AdamW on CUDA only; on CPU it takes the same values (bit for bit) in a
         # fraction of the per-parameter loop's time, which at LoRA sizes is mostly Python and op dispatch.
         foreach = True if device.type == "cpu" else None
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, foreach=foreach)
-        total_updates = max(config.steps * config.num_iterations, 1)
-        self.scheduler = build_scheduler(self.optimizer, config.lr_scheduler, config.warmup_steps, total_updates)
+        self.optimizer = torch.optim.AdamW(self.params, lr=optim.lr, weight_decay=optim.weight_decay, foreach=foreach)
+        total_updates = max(steps * loss.num_iterations, 1)
+        self.scheduler = lr_scheduler(self.optimizer, optim.lr_scheduler, optim.warmup_steps, total_updates)
         self.head = lm_head_weight(model)  # [V, D]
         self.head_kwargs = logit_transform(model).kernel_kwargs()  # logit scale / soft-cap, {} for a plain head
         note = router_aux_loss_note(model)
         if note is not None:
             logger.warning(note)
         self.forward = PACKED
-        if config.share_prompts:
+        if loss.share_prompts:
             reason = unsupported_reason(model)
             if reason is not None:
                 raise ValueError(f"share_prompts: {reason}; run without --share-prompts")
             self.forward = SHARED_PROMPTS
-        self.last_logp = torch.zeros(0)  # [k] fp32 CPU: the last apply's first-iteration log-probs of its rows
+
+    @classmethod
+    def for_run(cls, model: torch.nn.Module, config: TrainConfig, pad_id: int, device: torch.device) -> PolicyUpdate:
+        """The update of a run: its loss and optimiser sections, its steps and sampling temperature."""
+        return cls(
+            model, config.section(LossConfig), config.section(OptimConfig), steps=config.steps,
+            temperature=config.generation.temperature, pad_id=pad_id, device=device,
+        )  # fmt: skip
 
     @property
     def lr(self) -> float:
@@ -134,57 +197,77 @@ class PolicyUpdate:
     def skip(self) -> None:
         """A batch with nothing selected: no gradients, but the optimiser and schedule still move on."""
         self.optimizer.zero_grad(set_to_none=True)
-        for _ in range(self.config.num_iterations):  # AdamW skips parameters without gradients
+        for _ in range(self.loss.num_iterations):  # AdamW skips parameters without gradients
             self.optimizer.step()
             self.scheduler.step()
 
     def apply(
         self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows, step: int, selected: int
-    ) -> dict[str, Any]:
+    ) -> UpdateResult:
         """Loss on this rank's selected `rows`, backward, sum gradients over ranks, clip, optimiser step
-        (num_iterations times); returns the step's loss statistics. `selected`: the global number of rows
-        (another rank may hold all of them, then this rank only joins the gradient sum)."""
-        c = self.config
+        (num_iterations times). `selected`: the global number of rows (another rank may hold all of them, then
+        this rank only joins the gradient sum). Raises NonFiniteLossError, before any optimiser step of the
+        iteration, for a NaN/inf loss or gradient norm."""
+        start = time.perf_counter()
         reset_peak_memory(self.device)
-        stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "forward_tokens": 0}
-        self.last_logp = torch.zeros(len(rows))  # [k] aligned with `rows`
+        logp = torch.zeros(len(rows))  # [k] aligned with `rows`
         if selected == 0:
             self.skip()
-            return {**stats, "update_peak_mem_mib": self._peak_mib()}
+            return UpdateResult(0.0, 0.0, 0.0, 0.0, 0, self._peak_mib(), self.lr, time.perf_counter() - start, logp)
         micro = self._micro_batches(prompts, completions, rows)
-        for it in range(c.num_iterations):
+        for it in range(self.loss.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            totals = torch.zeros(4, device=self.device)  # this rank's [loss, clipped rows, kl sum, forward tokens]
-            for part in micro:
-                totals += self._loss_backward(part, first_iteration=it == 0)
+            totals = self._backward(micro, first_iteration=it == 0)  # [4] TOTALS of this rank
             summed = distributed.sum_gradients(self.params, totals)  # LoRA gradients and totals over ranks
-            max_norm = c.max_grad_norm if c.max_grad_norm > 0 else math.inf
+            max_norm = self.optim.max_grad_norm if self.optim.max_grad_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
             # One read of the device per iteration (a sync on a GPU) for the checks and the statistics. A
             # non-finite loss is still caught before the optimiser step: clipping only rescaled the gradients.
-            loss, clipped, kl, tokens, norm = torch.cat([summed.float(), grad_norm.reshape(1).float()]).tolist()
-            self._check_finite("loss", loss, step)
-            self._check_finite("gradient norm", norm, step)
+            *sums, norm = torch.cat([summed.float(), grad_norm.reshape(1).float()]).tolist()
+            sum_of = LossTotals(*sums)  # over every rank
+            for what, value in (("loss", sum_of.loss), ("gradient norm", norm)):
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(what, value, step)
             self.optimizer.step()
             self.scheduler.step()
         set_training(self.model, False)
         for part in micro:
-            self.last_logp[part.keep] = part.old_logp.cpu()
-        stats.update(loss=loss, grad_norm=norm, clip_frac=clipped / selected, forward_tokens=int(tokens))
-        if c.beta > 0:
-            stats["kl"] = kl / selected
-        return {**stats, "update_peak_mem_mib": self._peak_mib()}
+            logp[part.keep] = part.old_logp.cpu()
+        return UpdateResult(
+            loss=sum_of.loss,
+            grad_norm=norm,
+            clip_frac=sum_of.clipped / selected,
+            kl=sum_of.kl_sum / selected if self.loss.beta > 0 else 0.0,
+            forward_tokens=int(sum_of.forward_tokens),
+            peak_mem_mib=self._peak_mib(),
+            lr=self.lr,
+            seconds=time.perf_counter() - start,
+            logp=logp,
+        )
+
+    def loss_backward(self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows) -> LossTotals:
+        """The first iteration's forward, loss and backward on this rank's `rows` (gradients accumulate into
+        the LoRA weights' .grad; no gradient sum, clipping or optimiser step): the part of `apply` that the
+        train-step benchmark times."""
+        totals = self._backward(self._micro_batches(prompts, completions, rows), first_iteration=True)
+        return LossTotals(*totals.tolist())
+
+    def _backward(self, micro: list[_Part], first_iteration: bool) -> torch.Tensor:
+        """Every micro-batch's forward, loss and backward; their TOTALS summed: [4] on the device."""
+        totals = torch.zeros(len(TOTALS), device=self.device)  # [4]
+        for part in micro:
+            totals += self._loss_backward(part, first_iteration)
+        return totals
 
     def _micro_batches(self, prompts: list[list[int]], completions: list[list[int]], rows: LossRows) -> list[_Part]:
         """This rank's rows split into micro-batches of at most `loss_micro_batch` forward rows, longest first
         (one part holding every row when it is 0); the reference log-probs are read here when beta > 0."""
         if len(rows) == 0:
             return []
-        active, packed_row = torch.unique(rows.row, return_inverse=True)  # [B'], [k]
-        size = self.config.loss_micro_batch or len(active)
+        active, packed_row, cut = last_positions(rows)  # [B'], [k], [B']
+        size = self.loss.loss_micro_batch or len(active)
         chunks: list[torch.Tensor | None] = [None]  # one part holding every row: nothing to order or split
         if size < len(active):
-            cut = torch.zeros(len(active), dtype=torch.int64).scatter_reduce(0, packed_row, rows.position, "amax")
             lengths = cut + torch.tensor([len(prompts[b]) for b in active.tolist()])  # [B'] forward tokens per row
             order = torch.argsort(lengths, descending=True, stable=True)  # [B'] longest first
             chunks = list(order.split(size))
@@ -199,19 +282,19 @@ class PolicyUpdate:
                 part_rows = rows.select(keep)
             batch, index = self.forward.pack(prompts, completions, part_rows, self.pad_id, self.device)
             targets = part_rows.token.to(self.device)  # [k_j]
-            ref_logp = self.reference_logp(batch, index, targets) if self.config.beta > 0 else None  # [k_j] | None
+            ref_logp = self.reference_logp(batch, index, targets) if self.loss.beta > 0 else None  # [k_j] | None
             parts.append(_Part(keep, batch, index, targets, part_rows, ref_logp))
         return parts
 
     def _loss_backward(self, part: _Part, first_iteration: bool) -> torch.Tensor:
-        """Forward, fused loss and backward of one micro-batch; returns its [loss, clipped, kl sum, tokens]."""
-        c = self.config
+        """Forward, fused loss and backward of one micro-batch; returns its TOTALS: [4] on the device."""
+        c = self.loss
         set_training(self.model, True)  # LoRA dropout is active in the loss forward
         flat = self.forward.hidden(self.model, part.batch)  # [N, D]: b * L rows packed, fewer with shared prompts
         out = linear_pg_loss(
             flat, self.head, part.targets, part.rows.advantage.to(self.device), part.index, old_logp=part.old_logp,
             ref_logp=part.ref_logp, weights=part.rows.weight.to(self.device), eps_low=c.eps_low, eps_high=c.eps_high,
-            beta=c.beta, temperature=c.generation.temperature, reduction="sum", impl=c.impl, **self.head_kwargs,
+            beta=c.beta, temperature=self.temperature, reduction="sum", impl=c.impl, **self.head_kwargs,
         )  # fmt: skip
         out.loss.backward()  # a non-finite loss is caught after the gradient sum, before any update
         if first_iteration:
@@ -221,7 +304,7 @@ class PolicyUpdate:
         return torch.stack([
             out.loss.detach().float(), out.clipped.float().sum(), (delta.exp() - delta - 1).sum().float(),
             self.forward.tokens(part.batch).float(),
-        ])  # fmt: skip  # [4] on the device: `apply` reads it once per iteration
+        ])  # fmt: skip  # [4] TOTALS on the device: `apply` reads their sum once per iteration
 
     def _peak_mib(self) -> float:
         """This update's peak memory, the largest over ranks."""
@@ -235,16 +318,6 @@ class PolicyUpdate:
         set_training(self.model, False)
         with self.model.disable_adapter():
             flat = self.forward.hidden(self.model, batch)  # [N, D]
-        temperature = self.config.generation.temperature
         return linear_logprob(
-            flat, self.head, targets, index, temperature=temperature, impl=self.config.impl, **self.head_kwargs
+            flat, self.head, targets, index, temperature=self.temperature, impl=self.loss.impl, **self.head_kwargs
         )  # [k]
-
-    def _check_finite(self, what: str, value: float, step: int) -> None:
-        if math.isfinite(value):
-            return
-        path = self._save()
-        raise NonFiniteLossError(
-            f"non-finite {what} ({value}) at step {step + 1}; stopped without applying it. State saved "
-            f"to {path}. Try a lower --lr, a smaller --max-grad-norm, or --dtype float32; resume with --resume."
-        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tokrl.infra.lr_schedule import warm_start_scheduler
 from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.head import logit_transform
 from tokrl.sampler.rollout import encode_prompts
@@ -73,9 +74,7 @@ def supervised_warm_start(
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    schedule = lambda i: min((i + 1) / warmup, max(0.0, (steps - i) / max(steps - warmup, 1)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warm_start_scheduler(optimizer, steps)
     model.train()
     losses: list[float] = []
     for _ in range(steps):
