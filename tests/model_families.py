@@ -48,7 +48,7 @@ class Family:
     """One model family: `config()` builds its tiny config; the rest says what tokrl should do with it.
 
     engine: True where the tokrl sampler is expected to run the model (auto picks it), False where auto
-    must fall back to HF generate (every family here runs in the engine since issue 19). tied: whether the
+    must fall back to HF generate (every family here runs in the engine). tied: whether the
     LM head is the input embedding. moe: a mixture of experts (router aux loss). softcap / logit_scale: the
     final-logit transform the loss must apply.
     """

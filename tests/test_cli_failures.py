@@ -1,4 +1,4 @@
-"""Failures that used to end in a traceback end in one line (issue 22): a full disk while saving a checkpoint
+"""Failures that used to end in a traceback end in one line: a full disk while saving a checkpoint
 (torch reports it as a RuntimeError "unexpected pos", so the promised one-line error never fired), also on a
 resumed run and while the resumed run replaces its metrics; Ctrl-C during the warm start and during training;
 a binary --config file."""

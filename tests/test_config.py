@@ -28,9 +28,15 @@ def test_default_is_the_tiny_preset():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_validates(name):
-    config = load_config(name)
-    validate_config(config)
+def test_every_preset_loads_its_values_and_passes_the_checks(name):
+    config = load_config(name, validate=False)
+    validate_config(config)  # raises on the first bad value
+    fields = flat_fields()
+    for key, want in PRESETS[name].items():
+        where = fields[key]
+        holder = getattr(config, where.section) if where.section else config
+        got = getattr(holder, where.field.name)
+        assert got == (tuple(want) if isinstance(got, tuple) else want), f"{name}: {key} is {got!r}, preset {want!r}"
 
 
 def test_svamp_preset_is_the_paper_setting():
@@ -163,7 +169,7 @@ def test_output_dir_placeholders():
 
 
 def test_omp_num_threads_wins_over_the_presets_thread_count(monkeypatch, tmp_path):
-    # The preset's num_threads: 2 overrode OMP_NUM_THREADS (issue 22, README).
+    # The preset's num_threads: 2 overrode OMP_NUM_THREADS.
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert load_config("tiny-multiplication").num_threads == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

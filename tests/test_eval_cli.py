@@ -1,4 +1,4 @@
-"""`tokrl eval` reads what the adapter records (issue 22): its base model (a mismatched --model is refused: it
+"""`tokrl eval` reads what the adapter records: its base model (a mismatched --model is refused: it
 used to exit 0 on the wrong base), the run's task settings as defaults (the task's own defaults, 3x3 digits and
 200 new tokens, scored 0% on an adapter trained on 3x1), and damaged adapters and a checkpoint passed as
 --model are one line each instead of a hub lookup or a tokenizer traceback."""

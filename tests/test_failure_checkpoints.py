@@ -1,8 +1,7 @@
-"""A run that fails part-way keeps what it trained, and says so in one line (issue 22, "data lost" 6 and the
-reward tracebacks): a NaN reward, a stall and a non-finite loss save the last good step and name the way to
-continue; a reward function that raises gets one tokrl line naming it and the step (its own traceback under
---debug); a conversational reward that treats messages as text gets a hint; rewards of +-1e308 no longer
-overflow the step statistics."""
+"""A run that fails part-way keeps what it trained, and says so in one line: a NaN reward, a stall and a non-finite
+loss save the last good step and name the way to continue; a reward function that raises gets one tokrl line naming
+it and the step (its own traceback under --debug); a conversational reward that treats messages as text gets a hint;
+rewards of +-1e308 no longer overflow the step statistics."""
 
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ import sys
 
 import pytest
 
-from tests.test_no_silent_runs import ConstantRewardTrainer
-from tests.test_trainer import HashRewardTrainer, hash_reward, small_config
+from tests.trainer_helpers import ConstantRewardTrainer, HashRewardTrainer, hash_reward, small_config
 from tokrl.cli import main
 from tokrl.run.resume import missing_files
 from tokrl.stages.record import reward_stats

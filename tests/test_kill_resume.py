@@ -1,4 +1,4 @@
-"""kill -9 of a resumed run before its first step is logged keeps metrics.jsonl (issue 22, "data lost" 1).
+"""kill -9 of a resumed run before its first step is logged keeps metrics.jsonl.
 
 The resumed process used to reopen metrics.jsonl with "w" and rewrite the kept lines through a buffer that
 was flushed only after the first step: a kill -9 in between left 0 bytes, and the steps up to the checkpoint
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = {"algorithm": "grpo", "steps": 3, "save_every": 2}
@@ -23,7 +23,7 @@ RUN = {"algorithm": "grpo", "steps": 3, "save_every": 2}
 KILLED_IN_FIRST_STEP = """
 import os, signal, sys
 from pathlib import Path
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config
 
 class KilledInFirstStep(HashRewardTrainer):
     def __init__(self, config):

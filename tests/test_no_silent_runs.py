@@ -8,21 +8,11 @@ import logging
 
 import pytest
 
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import ConstantRewardTrainer, HashRewardTrainer, small_config
 from tokrl.models.tiny import build_tiny_model, tiny_config
 from tokrl.run.context import check_prompt_lengths
 from tokrl.tasks import get_task
 from tokrl.trainer import StalledRunError
-
-
-class ConstantRewardTrainer(HashRewardTrainer):
-    """Every completion gets the same reward (`value`): no group has a learning signal."""
-
-    value: float | None = 0.0
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.task.reward = lambda completions, **columns: [self.value] * len(completions)
 
 
 def test_steps_without_trainable_tokens_stop_the_run(tmp_path):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.run.plot import DPI, FIGURE_PX, PANELS, auto_window, load_run, moving_average, plot_runs
 

@@ -1,4 +1,4 @@
-"""Every option is checked before anything is written (issue 22): LoRA targets and the prompt/context budget
+"""Every option is checked before anything is written: LoRA targets and the prompt/context budget
 used to be checked after the warm start had written output_dir/sft, and a failed --overwrite replaced the
 earlier run's warm start while keeping its checkpoints (a later --resume was refused, and `tokrl eval` on an
 old adapter silently used the new base)."""
@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import tokrl.trainer as trainer_module
-from tests.test_run_dir import snapshot
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config, snapshot
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.run.preflight import check_model_options
 from tokrl.tasks import get_task

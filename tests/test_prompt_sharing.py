@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.model_families import FAMILIES, build_family_model
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config
 from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.lora import apply_lora
 from tokrl.stages.prompt_sharing import pack_shared_prompts, shared_prompt_hidden, unsupported_reason

@@ -1,4 +1,4 @@
-"""The README's commands work as written, each after the one before it (issue 22: "Watching a run" was refused
+"""The README's commands work as written, each after the one before it ("Watching a run" was refused
 after a first `tokrl train`, and `--resume runs/x/checkpoint-60` named a checkpoint the run had pruned).
 
 Every ```bash block after a `<!-- readme-commands -->` marker is run in order, in one working directory: each

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_run_dir import snapshot
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config, snapshot
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.run.checkpoint import CheckpointError, save_checkpoint
 from tokrl.run.resume import SAFE_TO_CHANGE, ResumeError, config_differences

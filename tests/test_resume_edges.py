@@ -1,4 +1,4 @@
-"""Resume edge cases that used to lose data or mislead (issue 22): --overwrite with --resume, --steps below the
+"""Resume edge cases that used to lose data or mislead: --overwrite with --resume, --steps below the
 checkpoint, a decaying schedule extended into a sawtooth, a finished run resumed twice, a checkpoint of another
 run continued into a used directory, an older checkpoint resumed next to newer ones, and damaged run files.
 
@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_run_dir import snapshot
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config, snapshot
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.run.checkpoint import CheckpointError
 from tokrl.run.resume import ResumeError

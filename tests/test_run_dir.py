@@ -15,16 +15,11 @@ import pytest
 
 import tokrl.run.run_dir as run_dir
 import tokrl.trainer as trainer_module
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config, snapshot
 from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.config import load_config
 from tokrl.run.warm_start import sft_stage
 from tokrl.trainer import Trainer
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under root (relative path -> bytes)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +143,7 @@ def test_output_dir_not_writable(tmp_path, capsys, monkeypatch):
 
 
 def test_resume_without_a_complete_checkpoint_is_refused_and_deletes_nothing(run_copy, capsys):
-    # Used to restart from step 0 and rewrite metrics.jsonl (issue 22, "silently wrong" 2).
+    # Used to restart from step 0 and rewrite metrics.jsonl.
     out, _ = run_copy
     for checkpoint in ("checkpoint-1", "checkpoint-2"):
         (out / checkpoint / "optimizer.pt").unlink()

@@ -1,6 +1,6 @@
 """One run per output directory: the lock refuses a second live run, is released on exit, and a lock left by a
 killed process is taken over. Two `tokrl train` processes started together into one directory used to both
-"succeed", interleaving metrics.jsonl (issue 22, "data lost" 5)."""
+"succeed", interleaving metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_trainer import HashRewardTrainer, small_config
+from tests.trainer_helpers import HashRewardTrainer, small_config
 from tokrl.run.run_lock import LOCK_FILE, OutputDirBusyError, RunLock
 
 REPO = Path(__file__).resolve().parents[1]

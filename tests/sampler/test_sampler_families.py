@@ -139,7 +139,7 @@ def test_probe_leaves_model_rng_and_mode_as_they_were():
 
 
 def test_every_family_is_listed():
-    """Item 1 of issue 19 names these; the table must keep them (the parametrised tests run over it)."""
+    """The families tokrl serves; the table must keep them (the parametrised tests run over it)."""
     wanted = {
         "llama",
         "mistral",

@@ -1,5 +1,5 @@
 """Dataset files and columns that `datasets` cannot read, or that break a prompt or a reward later, are one
-error naming the file (or row) when the task is built (issue 22): non-UTF-8 CSV and JSONL, a CSV with an
+error naming the file (or row) when the task is built: non-UTF-8 CSV and JSONL, a CSV with an
 unclosed quote or only a header, a corrupt parquet file, a folder of unrelated files, an int or null prompt,
 and a reward whose signature needs a column the data lacks (that one used to fail at the first evaluation)."""
 
