@@ -17,7 +17,6 @@ from peft import LoraConfig
 from trl import GRPOTrainer
 
 from tests.integrations.conftest import PROMPTS, digit_reward, grpo_args
-from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl import TokrlGRPOTrainer
 
 TOL = 1e-6
@@ -97,10 +96,7 @@ def _assert_same(plain, ours, inputs):
     return metrics_ref
 
 
-ENTROPY_BONUS = pytest.param(
-    {"entropy_coef": 0.01, "loss_type": "grpo"}, True, id="entropy-bonus",
-    marks=pytest.mark.skipif(not KERNEL_HAS_ENTROPY, reason="installed tokrl_kernels has no return_entropy"),
-)  # fmt: skip
+ENTROPY_BONUS = pytest.param({"entropy_coef": 0.01, "loss_type": "grpo"}, True, id="entropy-bonus")
 
 # mode="logprob": TRL's own loss on tokrl's log-probs, so every TRL loss configuration is served.
 LOGPROB_CASES = [

@@ -11,9 +11,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from trl import GRPOTrainer
 
-import tokrl.integrations.trl as trl_integration
 from tests.integrations.conftest import PROMPTS, digit_reward, grpo_args
-from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl import TokrlGRPOTrainer, UnsupportedByTokrl, use_tokrl_kernels
 from tokrl.integrations.trl_head import check_head_servable
 from tokrl.models.tiny import build_tiny_model
@@ -89,13 +87,6 @@ def test_a_copy_of_an_untied_head_is_served(tmp_path):
     assert trainer.tokrl_kernels_path["loss"] == "TRL's _compute_loss"
 
 
-def test_entropy_bonus_needs_kernel_entropy(tmp_path, monkeypatch):
-    monkeypatch.setattr(trl_integration, "KERNEL_HAS_ENTROPY", False)
-    trainer = _trainer(tmp_path, _tiny(), overrides={"entropy_coef": 0.01})
-    with pytest.raises(UnsupportedByTokrl, match="entropy bonus.*return_entropy"):
-        use_tokrl_kernels(trainer)
-
-
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="tokrl_mode must be one of"):
         _trainer(tmp_path, _tiny(), cls=TokrlGRPOTrainer, tokrl_mode="loss")
@@ -118,5 +109,4 @@ def test_the_path_taken_is_logged(tmp_path, caplog):
     line = caplog.records[-1].getMessage()
     assert "tokrl_kernels.linear_logprob (impl=torch)" in line
     assert "fallback: loss_type='cispo'" in line
-    entropy = "in-kernel" if KERNEL_HAS_ENTROPY else "no-gradient chunked pass"
-    assert f"entropy: {entropy}" in line
+    assert "entropy: in-kernel" in line

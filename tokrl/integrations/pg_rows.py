@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY, chunked_entropy, logprob_and_entropy
+from tokrl.integrations.entropy import logprob_and_entropy
 from tokrl.models.head import LogitTransform
 from tokrl_kernels import linear_pg_loss
 
@@ -95,12 +95,9 @@ def pg_loss_rows(
     """TRL's summed GRPO loss on rows `flat[index]` ([N, D] -> k rows) under head `weight` [V, D]."""
     ratio_weighted_kl = request.ratio_weighted_kl and request.beta > 0
     with torch.no_grad():  # entropy for TRL's metrics; current log-probs for the ratio-weighted KL
-        if ratio_weighted_kl or KERNEL_HAS_ENTROPY:
-            logp_now, entropy = logprob_and_entropy(
-                flat, weight, targets, index, temperature=temperature, impl=impl, with_entropy=True, head=head
-            )  # [k], [k]
-        else:
-            entropy = chunked_entropy(flat, weight, index, temperature, head)  # [k]
+        logp_now, entropy = logprob_and_entropy(
+            flat, weight, targets, index, temperature=temperature, impl=impl, with_entropy=True, head=head
+        )  # [k], [k]
     advantages, weights, ref, constant = request.advantages, request.weights, request.ref_logp, None
     if ratio_weighted_kl:
         advantages, weights, ref, constant = ratio_weighted_kl_inputs(request, logp_now)

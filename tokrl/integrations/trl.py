@@ -45,7 +45,6 @@ import torch
 from trl import GRPOTrainer
 
 from tokrl.integrations import loss_calls
-from tokrl.integrations.entropy import KERNEL_HAS_ENTROPY
 from tokrl.integrations.trl_head import UnsupportedByTokrl, check_head_servable, patch_fused_head
 from tokrl.integrations.trl_loss import config_fallback_reason, install_pg_loss
 from tokrl.models.forward import transformers_model
@@ -83,11 +82,6 @@ def use_tokrl_kernels(trainer: GRPOTrainer, mode: str = "logprob", impl: str = "
     reference = None if trainer.ref_model is None else _hf_model(trainer, trainer.ref_model)
     if reference is not None:
         check_head_servable(reference)
-    if getattr(trainer, "_entropy_bonus_enabled", False) and not KERNEL_HAS_ENTROPY:
-        raise UnsupportedByTokrl(
-            "an entropy bonus (entropy_coef != 0 or use_adaptive_entropy) needs entropy gradients, and the installed "
-            "tokrl_kernels.linear_logprob has no return_entropy; upgrade tokrl or drop the entropy bonus."
-        )
     patch_fused_head(policy, temperature=trainer.temperature, impl=impl, with_entropy=True)
     if reference is not None:
         patch_fused_head(reference, temperature=trainer.temperature, impl=impl, with_entropy=False)
@@ -96,16 +90,11 @@ def use_tokrl_kernels(trainer: GRPOTrainer, mode: str = "logprob", impl: str = "
         install_pg_loss(trainer)
         reason = config_fallback_reason(trainer)
         loss_path = loss_calls.fallback_path([reason]) if reason else loss_calls.KERNEL_PATH
-    entropy_path = (
-        "in-kernel (linear_logprob return_entropy=True)"
-        if KERNEL_HAS_ENTROPY
-        else "no-gradient chunked pass (installed tokrl_kernels.linear_logprob has no return_entropy)"
-    )
     trainer.tokrl_kernels_path = {
         "log_probs": f"tokrl_kernels.linear_logprob (impl={resolved})",
         "logits": f"h @ W.T, logit transform: {logit_transform(policy).describe()}",
         "models": "policy + reference" if reference is not None else "policy",
-        "entropy": entropy_path,
+        "entropy": "in-kernel (linear_logprob return_entropy=True)",
         "loss": loss_path,
     }
     if mode == "pg_loss":  # from here on "loss" says what ran, with counts (loss_calls)
