@@ -4,7 +4,8 @@ Kept beside the default chunked-GEMM backward (`_backward_gemm`) so that one GPU
 (`tokrl_kernels.triton_logprob.backward_variant("atomic")`). Each program recomputes its z tile, forms dz in
 fp32 (`dlogits_tile`), then for each D chunk atomically adds dz @ W_tile into the fp32 dH rows (HAS_DH) and
 dz^T @ H_rows into the fp32 dW (HAS_DW); atomics make repeated indices add up for free. Cost: k * D * V / BLOCK_V
-fp32 atomic adds into dH (about 30 GB at k = 4096, D = 1536, V = 151936): the bottleneck measured in issue 13.
+fp32 atomic adds into dH (about 30 GB at k = 4096, D = 1536, V = 151936): the bottleneck measured on an H200
+(benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

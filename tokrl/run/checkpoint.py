@@ -56,14 +56,28 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file and what to do."""
 
 
+# Every file `save_checkpoint` writes (rng_state_rank{r}.pt only in a multi-process run): a checkpoint lacking one
+# is incomplete.
+CHECKPOINT_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pt",
+    "trainer_state.json",
+    "algorithm_state.json",
+    "config.yaml",
+)
+
+
 @dataclass
 class CheckpointState:
-    """What `load_checkpoint` restores besides the tensors it loads in place."""
+    """What `load_checkpoint` restores besides the tensors it loads in place (its config.yaml is read once, by
+    tokrl.run.resume, before the run is built)."""
 
     step: int
     trainer_state: dict[str, Any] = field(default_factory=dict)
     algorithm_state: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,7 +101,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories in `output_dir`, oldest step first."""
+    """The checkpoint-{step} directories in `output_dir`, oldest step first (complete or not: resume checks
+    that, tokrl.run.resume.missing_files)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -219,9 +234,7 @@ def load_checkpoint(
             raise ValueError(f"step {step!r} or evals {trainer_state.get('evals')!r} is not what tokrl writes")
     with _reading(path, "algorithm_state.json"):
         algorithm_state = _json_object(path / "algorithm_state.json")
-    with _reading(path, "config.yaml"):
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    return CheckpointState(step=step, trainer_state=trainer_state, algorithm_state=algorithm_state, config=config)
+    return CheckpointState(step=step, trainer_state=trainer_state, algorithm_state=algorithm_state)
 
 
 def _json_object(path: Path) -> dict[str, Any]:

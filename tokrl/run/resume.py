@@ -36,7 +36,7 @@ import yaml
 
 from tokrl.config.loading import config_from_dict, load_config
 from tokrl.config.schema import TrainConfig, flat_fields
-from tokrl.run.checkpoint import checkpoint_dirs
+from tokrl.run.checkpoint import CHECKPOINT_FILES, checkpoint_dirs
 
 logger = logging.getLogger("tokrl")
 
@@ -62,16 +62,6 @@ SAFE_TO_CHANGE: frozenset[str] = frozenset(
     }
 )
 
-CHECKPOINT_FILES = (
-    "adapter_model.safetensors",
-    "adapter_config.json",
-    "optimizer.pt",
-    "scheduler.pt",
-    "rng_state.pt",
-    "trainer_state.json",
-    "algorithm_state.json",
-    "config.yaml",
-)
 
 
 class ResumeError(ValueError):
