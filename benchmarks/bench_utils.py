@@ -42,10 +42,19 @@ def build_bench_model(**cuda_config: object) -> tuple[torch.nn.Module, str]:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         config = Qwen2Config(
-            vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
-            tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa", **cuda_config,
-        )  # fmt: skip  # Qwen2-1.5B
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            max_position_embeddings=131072,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+            rms_norm_eps=1e-6,
+            attn_implementation="sdpa",
+            **cuda_config,
+        )  # Qwen2-1.5B
         torch.manual_seed(0)
         with torch.device(DEVICE):
             model = Qwen2ForCausalLM(config).to(torch.bfloat16)

@@ -119,19 +119,49 @@ def default_sections() -> list[Section]:
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
     return [
         # -s: the autotuner prints from inside the tests, which pytest would otherwise capture.
-        Section("gpu_tests", lambda d, s: [*pytest, "tests", "-m", "gpu", "-x", "-q", "-s"], 240,
-                env={"TRITON_PRINT_AUTOTUNING": "1"}, parse=parse_pytest),
-        Section("sampler", _sampler_command, 180, parse=_json_file("sampler.json"),
-                needs_file=ROOT / "benchmarks" / "sampler_check.py"),
-        Section("kernel_4096", _kernel_command("--k", "4096", "--dtypes", "bf16/bf16", "--heads", "frozen,trained"),
-                150, parse=_json_file("kernel_4096.json")),
-        Section("kernel_512", _kernel_command("--k", "512", "--dtypes", "fp32/bf16,bf16/bf16", "--heads", "trained",
-                                              "--reps", "3"), 90, parse=_json_file("kernel_512.json")),
-        Section("bench_4096", lambda d, s: [*pytest, "benchmarks/test_linear_pg_loss.py", "-k",
-                                            "N4096 and (tokrl or naive)", "--benchmark-only", "-q",
-                                            "--benchmark-json", str(d / "bench_4096.json")],
-                300, min_s=90, parse=_bench_parse),
-    ]  # fmt: skip
+        Section(
+            "gpu_tests",
+            lambda d, s: [*pytest, "tests", "-m", "gpu", "-x", "-q", "-s"],
+            240,
+            env={"TRITON_PRINT_AUTOTUNING": "1"},
+            parse=parse_pytest,
+        ),
+        Section(
+            "sampler",
+            _sampler_command,
+            180,
+            parse=_json_file("sampler.json"),
+            needs_file=ROOT / "benchmarks" / "sampler_check.py",
+        ),
+        Section(
+            "kernel_4096",
+            _kernel_command("--k", "4096", "--dtypes", "bf16/bf16", "--heads", "frozen,trained"),
+            150,
+            parse=_json_file("kernel_4096.json"),
+        ),
+        Section(
+            "kernel_512",
+            _kernel_command("--k", "512", "--dtypes", "fp32/bf16,bf16/bf16", "--heads", "trained", "--reps", "3"),
+            90,
+            parse=_json_file("kernel_512.json"),
+        ),
+        Section(
+            "bench_4096",
+            lambda d, s: [
+                *pytest,
+                "benchmarks/test_linear_pg_loss.py",
+                "-k",
+                "N4096 and (tokrl or naive)",
+                "--benchmark-only",
+                "-q",
+                "--benchmark-json",
+                str(d / "bench_4096.json"),
+            ],
+            300,
+            min_s=90,
+            parse=_bench_parse,
+        ),
+    ]
 
 
 def _environment() -> dict:
@@ -187,8 +217,16 @@ def run_section(section: Section, out_dir: Path, limit_s: float, has_cuda: bool)
 def _run(command: list[str], env: dict, limit_s: float) -> tuple[str, int | None]:
     """(stdout + stderr, return code or None on timeout). The command runs in its own process group, killed as a
     whole at the limit: no child (a pytest worker, a sampler subprocess) is left holding the GPU."""
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=limit_s)
         return output, proc.returncode
@@ -205,8 +243,13 @@ def run_all(sections: list[Section], out_dir: Path, budget_s: float, has_cuda: b
     path = out_dir / "gpu_check.json"
     env = _environment()
     has_cuda = env.get("has_cuda", False) if has_cuda is None else has_cuda
-    report = {"device": env.get("device"), "versions": env, "budget_s": budget_s, "started": time.ctime(),
-              "sections": {s.name: {"status": "pending"} for s in sections}}  # fmt: skip
+    report = {
+        "device": env.get("device"),
+        "versions": env,
+        "budget_s": budget_s,
+        "started": time.ctime(),
+        "sections": {s.name: {"status": "pending"} for s in sections},
+    }
     write_json(path, report)
     deadline = time.monotonic() + budget_s
     for section in sections:

@@ -104,8 +104,9 @@ def _inputs(args, dtypes: str, device):
     with torch.no_grad():
         logp = twin(hidden, weight, targets, advantages, index).logp  # [k]
     offsets = (torch.rand(k, generator=gen, device=device) - 0.5) * 1.2  # [k] ratios on both sides of both bounds
-    return dict(hidden=hidden, weight=weight, targets=targets, advantages=advantages, index=index,
-                old_logp=logp + offsets)  # fmt: skip
+    return dict(
+        hidden=hidden, weight=weight, targets=targets, advantages=advantages, index=index, old_logp=logp + offsets
+    )
 
 
 def _timer(device):
@@ -185,8 +186,10 @@ def errors(fast, twin, naive) -> dict:
         if twin[i] is None or fast[i] is None:
             continue
         ref = twin[i].double()
-        out[name] = {"tokrl": float((fast[i].double() - ref).abs().max()),
-                     "naive": float((naive[i].double() - ref).abs().max())}  # fmt: skip
+        out[name] = {
+            "tokrl": float((fast[i].double() - ref).abs().max()),
+            "naive": float((naive[i].double() - ref).abs().max()),
+        }
     return out
 
 
@@ -235,11 +238,16 @@ def compiled_kernels() -> list[dict]:
             cache = entry[0] if isinstance(entry, tuple) else entry
             for compiled in getattr(cache, "values", dict)():
                 meta = getattr(compiled, "metadata", None)
-                found.append({
-                    "kernel": name, "registers": getattr(compiled, "n_regs", None),
-                    "spills": getattr(compiled, "n_spills", None), "shared": getattr(meta, "shared", None),
-                    "num_warps": getattr(meta, "num_warps", None), "num_stages": getattr(meta, "num_stages", None),
-                })  # fmt: skip
+                found.append(
+                    {
+                        "kernel": name,
+                        "registers": getattr(compiled, "n_regs", None),
+                        "spills": getattr(compiled, "n_spills", None),
+                        "shared": getattr(meta, "shared", None),
+                        "num_warps": getattr(meta, "num_warps", None),
+                        "num_stages": getattr(meta, "num_stages", None),
+                    }
+                )
     return found
 
 

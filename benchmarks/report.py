@@ -136,11 +136,16 @@ def group_table(group: str, recs: list[dict]) -> list[str]:
         rows.append(("TFLOP/s (effective)", [_num(by_provider[p].get("tflops")) for p in providers]))
     if any(by_provider[p].get("forward_tokens") is not None for p in providers):
         base_tokens = base.get("forward_tokens") if base else None
-        rows.append((
-            "forward tokens (share of naive)",
-            [_num(by_provider[p].get("forward_tokens")) + _share(by_provider[p].get("forward_tokens"), base_tokens)
-             for p in providers],
-        ))  # fmt: skip
+        rows.append(
+            (
+                "forward tokens (share of naive)",
+                [
+                    _num(by_provider[p].get("forward_tokens"))
+                    + _share(by_provider[p].get("forward_tokens"), base_tokens)
+                    for p in providers
+                ],
+            )
+        )
     if len({by_provider[p].get("n_selected") for p in providers}) > 1:
         rows.append(("selected rows", [str(by_provider[p].get("n_selected", MISSING)) for p in providers]))
     lines = [f"### {group}", "", "| | " + " | ".join(providers) + " |", "|---|" + "---:|" * len(providers)]

@@ -37,8 +37,22 @@ UNSEEDED_RNG = {"python", "numpy"}  # rng_state.pt entries seeded from the OS in
 
 
 def _train(tree: Path, algorithm: str, steps: int, out: Path, extra: list[str]) -> Path:
-    command = [sys.executable, "-m", "tokrl", "train", "--algorithm", algorithm, "--steps", str(steps),
-               "--output-dir", str(out), "--overwrite", "--progress", "false", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tokrl",
+        "train",
+        "--algorithm",
+        algorithm,
+        "--steps",
+        str(steps),
+        "--output-dir",
+        str(out),
+        "--overwrite",
+        "--progress",
+        "false",
+        *extra,
+    ]
     done = subprocess.run(
         command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True
     )
@@ -113,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="same-run-"))
     failed = False
     for algorithm in args.algorithms:
-        runs = {name: _train(tree, algorithm, args.steps, root / name / algorithm, args.extra)
-                for name, tree in (("new", THIS_TREE), ("base", args.base.resolve()))}  # fmt: skip
+        runs = {
+            name: _train(tree, algorithm, args.steps, root / name / algorithm, args.extra)
+            for name, tree in (("new", THIS_TREE), ("base", args.base.resolve()))
+        }
         diffs = compare_runs(runs["new"], runs["base"])
         after = json.loads((runs["new"] / "results.json").read_text())
         summary = f"eval {after['eval_before']} -> {after['eval_after']}, {args.steps} steps"

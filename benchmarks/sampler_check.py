@@ -65,16 +65,30 @@ def qwen2_1_5b_lora(layers: int, device: torch.device, tiny: bool = False, dtype
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     shape = (
-        {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-         "num_key_value_heads": 2}
+        {
+            "vocab_size": 1000,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        }
         if tiny
-        else {"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12,
-              "num_key_value_heads": 2}
-    )  # fmt: skip
+        else {
+            "vocab_size": 151936,
+            "hidden_size": 1536,
+            "intermediate_size": 8960,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 2,
+        }
+    )
     config = Qwen2Config(
-        **shape, num_hidden_layers=layers, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6,
+        **shape,
+        num_hidden_layers=layers,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
         attn_implementation="sdpa",
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = apply_lora(Qwen2ForCausalLM(config).to(dtype), r=16, alpha=32, dropout=0.05)
@@ -91,8 +105,11 @@ def decode_step_ops(model: torch.nn.Module, adapters: str = "copies") -> dict[st
     fp32 adapters, what the sampler ran before) or "merged" (the tokrl-merged sampler)."""
     body = transformers_model(model)
     with model.disable_adapter() if adapters == "merged" else contextlib.nullcontext():
-        overrides = {"copies": lambda: adapter_copies(body).copies, "fp32": dict,
-                     "merged": lambda: merged_weights(body).copies}[adapters]()  # fmt: skip
+        overrides = {
+            "copies": lambda: adapter_copies(body).copies,
+            "fp32": dict,
+            "merged": lambda: merged_weights(body).copies,
+        }[adapters]()
         state = start_state(body, [[5, 6, 7, 8, 9], [10, 11, 12]], 2, 4, OPTIONS, [EOS], EOS, overrides=overrides)
         state.at_step(1)
         count = count_ops(lambda: decode_step(body, state, OPTIONS, overrides), decoder_layers(body))
@@ -193,15 +210,19 @@ def kernels_of_replays(model, prompts, device, replays: int = 3) -> dict[str, ob
         raise RuntimeError("no captured step to replay (run the graphed part first)")
     adapters = adapter_copies(body)
     rows = cuda_graph.row_bucket(PROMPTS * GROUP)
-    state = start_state(body, prompts, GROUP, NEW_TOKENS, OPTIONS, [EOS], EOS, rows=rows, arena=graphs.arena,
-                        overrides=adapters.copies)  # fmt: skip
+    state = start_state(
+        body, prompts, GROUP, NEW_TOKENS, OPTIONS, [EOS], EOS, rows=rows, arena=graphs.arena, overrides=adapters.copies
+    )
     state.at_step(1)
     key = next(k for k in graphs.replays if k[-2:] == (rows, state.cache.window))
     replay = graphs.replays[key]
     if device.type != "cuda":
         count = count_ops(lambda: [replay() for _ in range(replays)])
-        return {"kind": "aten ops (CPU stand-in)", "per_step": count.total / replays,
-                "top": count.by_name.most_common(15)}  # fmt: skip
+        return {
+            "kind": "aten ops (CPU stand-in)",
+            "per_step": count.total / replays,
+            "top": count.by_name.most_common(15),
+        }
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(replays):
@@ -245,9 +266,11 @@ def short_completions(model, prompts, device) -> dict[str, object]:
         eager = _tokrl_call(model, prompts, n, lambda _device: None, greedy)()[0]
         _sync(device)
         results[f"n{n}"] = {
-            "completed": True, "sampler_graphed": sampler.graphed_share, "lengths": sorted({len(t) for t in tokens}),
+            "completed": True,
+            "sampler_graphed": sampler.graphed_share,
+            "lengths": sorted({len(t) for t in tokens}),
             "greedy_equals_eager": graphed == eager,
-        }  # fmt: skip
+        }
     return results
 
 
@@ -276,18 +299,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "short":  # the subprocess of the `short` part
         check.part("short", lambda: short_completions(model, prompts, device))
         return 0
-    check.part("setup", lambda: {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tiny": tiny,
-        "layers": layers, "rows": PROMPTS * GROUP, "new_tokens": NEW_TOKENS, "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__,
-        "build_s": round(time.perf_counter() - start, 2),
-    })  # fmt: skip
+    check.part(
+        "setup",
+        lambda: {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "tiny": tiny,
+            "layers": layers,
+            "rows": PROMPTS * GROUP,
+            "new_tokens": NEW_TOKENS,
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "peft": __import__("peft").__version__,
+            "build_s": round(time.perf_counter() - start, 2),
+        },
+    )
     # ops are counted in bf16 (the GPU's dtype, where peft's fp32 adapters cost casts); tiny runs fp32 otherwise
     counted = model if not tiny else qwen2_1_5b_lora(layers, device, tiny=True, dtype=torch.bfloat16)
-    check.part("ops", lambda: {
-        **decode_step_ops(counted), "fp32_adapters": decode_step_ops(counted, "fp32"),
-        "merged": decode_step_ops(counted, "merged"),
-    })  # fmt: skip
+    check.part(
+        "ops",
+        lambda: {
+            **decode_step_ops(counted),
+            "fp32_adapters": decode_step_ops(counted, "fp32"),
+            "merged": decode_step_ops(counted, "merged"),
+        },
+    )
     graphed: dict[str, object] = {}
 
     def run_graphed_part() -> dict[str, object]:
@@ -303,11 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         graphs = cuda_graph.graphs_for(transformers_model(model), graph_backend(device)(device))
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         return {
-            **_rate(seconds, tokens), "first_call_s": round(first, 3), "sampler_graphed": sampler.graphed_share,
+            **_rate(seconds, tokens),
+            "first_call_s": round(first, 3),
+            "sampler_graphed": sampler.graphed_share,
             "graphs": len(graphs.replays),
             "kv_arena_mib": round(arena_for(transformers_model(model)).kv_bytes() / 2**20, 2),
             "peak_mem_mib": None if peak is None else round(peak, 1),
-        }  # fmt: skip
+        }
 
     check.part("graphed", run_graphed_part)
 
@@ -338,8 +375,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_hf_part() -> dict[str, object]:
         def call() -> tuple:
-            out = SAMPLERS["hf"]().generate(model, prompts, num_generations=GROUP, max_new_tokens=HF_TOKENS,
-                                            options=OPTIONS, eos_ids=[EOS], pad_id=EOS)  # fmt: skip
+            out = SAMPLERS["hf"]().generate(
+                model,
+                prompts,
+                num_generations=GROUP,
+                max_new_tokens=HF_TOKENS,
+                options=OPTIONS,
+                eos_ids=[EOS],
+                pad_id=EOS,
+            )
             return out[0], None, None
 
         seconds, (tokens, _, _) = _timed_calls(call, device, ROUNDS)

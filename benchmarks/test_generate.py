@@ -95,16 +95,19 @@ def decode_ops() -> dict[str, object]:
     per_step = {mode: c["ops_outside_layers"] + FULL_LAYERS * c["ops_per_layer"] for mode, c in counts.items()}
     return {
         "tokrl": {
-            "ops_per_layer": counts["copies"]["ops_per_layer"], "ops_per_step": per_step["copies"],
-            "ops_outside_layers": counts["copies"]["ops_outside_layers"], "ops_counted_layers": COUNTED_LAYERS,
+            "ops_per_layer": counts["copies"]["ops_per_layer"],
+            "ops_per_step": per_step["copies"],
+            "ops_outside_layers": counts["copies"]["ops_outside_layers"],
+            "ops_counted_layers": COUNTED_LAYERS,
             "ops_per_layer_fp32_adapters": counts["fp32"]["ops_per_layer"],
             "ops_per_step_fp32_adapters": per_step["fp32"],
         },
         "tokrl-merged": {
-            "ops_per_layer": counts["merged"]["ops_per_layer"], "ops_per_step": per_step["merged"],
+            "ops_per_layer": counts["merged"]["ops_per_layer"],
+            "ops_per_step": per_step["merged"],
             "ops_counted_layers": COUNTED_LAYERS,
         },
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("provider", ["hf", "tokrl", "tokrl-merged"])

@@ -55,8 +55,18 @@ FRACTIONS = (1.0, 0.25, 0.05)
 _DTYPE_NAME = str(DTYPE).removeprefix("torch.")
 # (mode, head_grad): the forward with a trained head, and fwd + bwd with the head trained and frozen.
 MODES = (("fwd", True), ("fwd_bwd", True), ("fwd_bwd", False))
-PROVIDERS = ("naive", "naive_sel", "trl_selective", "chunked_torch", "liger", "cce", "cce_filtered_approx",
-             "trl_chunked", "tokrl", "tokrl_atomic")  # fmt: skip
+PROVIDERS = (
+    "naive",
+    "naive_sel",
+    "trl_selective",
+    "chunked_torch",
+    "liger",
+    "cce",
+    "cce_filtered_approx",
+    "trl_chunked",
+    "tokrl",
+    "tokrl_atomic",
+)
 SEQUENCES = 8  # B: one group of G = 8 completions
 TOL = 3e-2 if DTYPE == torch.bfloat16 else 1e-4  # relative L2 error against the chunked reference
 # CCE's default filter drops gradient entries below a threshold on purpose; its gradients get a looser gate.
@@ -149,15 +159,32 @@ def _case(n_rows: int, k: int) -> Case:
     old_logp = true_logp - torch.tensor(LOG_RATIO_OFFSETS, device=DEVICE)[pick]  # [k]
     weight.grad = None
     out = chunked_pg_loss(
-        hidden, weight, targets, advantages, index, old_logp=old_logp, weights=weights, eps_low=EPS_LOW,
+        hidden,
+        weight,
+        targets,
+        advantages,
+        index,
+        old_logp=old_logp,
+        weights=weights,
+        eps_low=EPS_LOW,
         eps_high=EPS_HIGH,
-    )  # fmt: skip
+    )
     out.loss.backward()
     case = Case(
-        hidden, weight, targets_all, adv_seq, index, targets, advantages, old_logp, weights,
-        ref_loss=out.loss.detach(), ref_logp=out.logp.detach(),
-        ref_grad_hidden=hidden.grad, ref_grad_weight=weight.grad,
-    )  # fmt: skip
+        hidden,
+        weight,
+        targets_all,
+        adv_seq,
+        index,
+        targets,
+        advantages,
+        old_logp,
+        weights,
+        ref_loss=out.loss.detach(),
+        ref_logp=out.logp.detach(),
+        ref_grad_hidden=hidden.grad,
+        ref_grad_weight=weight.grad,
+    )
     hidden.grad = weight.grad = None
     _CASE[(n_rows, k)] = case
     return case
@@ -198,9 +225,16 @@ def run_trl_selective(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, t
 
 def run_chunked_torch(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = chunked_pg_loss(
-        case.hidden, weight, case.targets, case.advantages, case.index, old_logp=case.old_logp,
-        weights=case.weights, eps_low=EPS_LOW, eps_high=EPS_HIGH,
-    )  # fmt: skip
+        case.hidden,
+        weight,
+        case.targets,
+        case.advantages,
+        case.index,
+        old_logp=case.old_logp,
+        weights=case.weights,
+        eps_low=EPS_LOW,
+        eps_high=EPS_HIGH,
+    )
     return out.loss, out.logp
 
 
@@ -211,9 +245,17 @@ def _tokrl_runner(variant: str):
         # The variant is read when the forward is called, so the later loss.backward() runs it too.
         with backward_variant(variant):
             out = tokrl_kernels.linear_pg_loss(
-                case.hidden, weight, case.targets, case.advantages, case.index, old_logp=case.old_logp,
-                weights=case.weights, eps_low=EPS_LOW, eps_high=EPS_HIGH, impl="triton",
-            )  # fmt: skip
+                case.hidden,
+                weight,
+                case.targets,
+                case.advantages,
+                case.index,
+                old_logp=case.old_logp,
+                weights=case.weights,
+                eps_low=EPS_LOW,
+                eps_high=EPS_HIGH,
+                impl="triton",
+            )
         return out.loss, out.logp
 
     return run
@@ -237,7 +279,7 @@ def run_trl_chunked(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, tor
     # hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, optional outputs (none)
     out = ChunkedLogProbFunction.apply(
         case.hidden[case.index], weight, None, case.targets, 1.0, TRL_CHUNK, None, 1.0, ()
-    )  # fmt: skip
+    )
     logp = out[0].float()  # [k]
     return _epilogue_loss(case, logp), logp
 
@@ -258,9 +300,13 @@ def run_liger(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, None]:
     old = torch.zeros(n_rows, device=DEVICE)  # [N]; unselected rows are masked out
     old[case.index] = case.old_logp
     out = _LIGER["loss"](
-        case.hidden.view(SEQUENCES, -1, HIDDEN), weight, case.targets_all.view(SEQUENCES, -1),
-        mask.view(SEQUENCES, -1), case.adv_seq, old_per_token_logps=old.view(SEQUENCES, -1),
-    )  # fmt: skip  # [B, T, D] rows; returns (loss, metrics)
+        case.hidden.view(SEQUENCES, -1, HIDDEN),
+        weight,
+        case.targets_all.view(SEQUENCES, -1),
+        mask.view(SEQUENCES, -1),
+        case.adv_seq,
+        old_per_token_logps=old.view(SEQUENCES, -1),
+    )  # [B, T, D] rows; returns (loss, metrics)
     return (out[0] if isinstance(out, tuple) else out), None
 
 
@@ -366,8 +412,15 @@ def test_linear_pg_loss(benchmark, mode: str, head_grad: bool, n_rows: int, frac
     tflops = passes * 2 * k * HIDDEN * VOCAB / median / 1e12 if median else None
     benchmark.extra_info.update(
         extra_info(
-            provider=provider, mode=mode, n_rows=n_rows, n_selected=k, hidden=HIDDEN, vocab=VOCAB, dtype=DTYPE,
-            peak_mem_mib=peak, tflops=None if tflops is None else round(tflops, 4),
+            provider=provider,
+            mode=mode,
+            n_rows=n_rows,
+            n_selected=k,
+            hidden=HIDDEN,
+            vocab=VOCAB,
+            dtype=DTYPE,
+            peak_mem_mib=peak,
+            tflops=None if tflops is None else round(tflops, 4),
         )
-    )  # fmt: skip
+    )
     benchmark.extra_info["head_grad"] = head_grad

@@ -226,10 +226,16 @@ def test_train_step(benchmark, variant: str, checkpointing: bool) -> None:
     head = lm_head_weight(model)
     real, padded = _forward_tokens(batch, variant)
     info = extra_info(
-        provider=variant, mode="train_step", n_rows=PROMPTS * GROUP * COMPLETION_LEN,
-        n_selected=len(rows), hidden=head.shape[1], vocab=head.shape[0], dtype=head.dtype,
-        peak_mem_mib=peak, tflops=None,
-    )  # fmt: skip
+        provider=variant,
+        mode="train_step",
+        n_rows=PROMPTS * GROUP * COMPLETION_LEN,
+        n_selected=len(rows),
+        hidden=head.shape[1],
+        vocab=head.shape[0],
+        dtype=head.dtype,
+        peak_mem_mib=peak,
+        tflops=None,
+    )
     info.update(
         model=model_name, lora_r=LORA_R, grad_checkpointing=checkpointing, forward_tokens=real, forward_padded=padded
     )

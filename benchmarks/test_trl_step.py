@@ -41,15 +41,27 @@ def _model() -> tuple[torch.nn.Module, str]:
 def _trainer(variant: str, tmp_path) -> trl.GRPOTrainer:
     model, name = _model()
     args = trl.GRPOConfig(
-        output_dir=str(tmp_path / variant), per_device_train_batch_size=BATCH, num_generations=BATCH,
-        max_completion_length=COMPLETION_LEN, loss_type="grpo", beta=0.0, report_to="none", use_cpu=not ON_CUDA,
-        bf16=ON_CUDA, gradient_checkpointing=False, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(tmp_path / variant),
+        per_device_train_batch_size=BATCH,
+        num_generations=BATCH,
+        max_completion_length=COMPLETION_LEN,
+        loss_type="grpo",
+        beta=0.0,
+        report_to="none",
+        use_cpu=not ON_CUDA,
+        bf16=ON_CUDA,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
     lora = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0, target_modules=list(PAPER_LORA_TARGETS))
     trainer = trl.GRPOTrainer(
-        model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args, peft_config=lora,
-        train_dataset=Dataset.from_dict({"prompt": ["x"] * BATCH}), processing_class=build_char_tokenizer(),
-    )  # fmt: skip
+        model=model,
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=args,
+        peft_config=lora,
+        train_dataset=Dataset.from_dict({"prompt": ["x"] * BATCH}),
+        processing_class=build_char_tokenizer(),
+    )
     if variant != "trl":
         use_tokrl_kernels(trainer, mode=variant.removeprefix("tokrl_"))
     trainer.model.to(DEVICE).train()
@@ -124,9 +136,15 @@ def test_trl_step(benchmark, variant: str, tmp_path) -> None:
     benchmark.pedantic(step, setup=clear_grads, iterations=1, **rounds(seconds))
     clear_grads()
     info = extra_info(
-        provider=variant, mode="trl_step", n_rows=BATCH * COMPLETION_LEN,
-        n_selected=int(inputs["completion_mask"].sum()), hidden=head.shape[1], vocab=head.shape[0],
-        dtype=head.dtype, peak_mem_mib=peak, tflops=None,
-    )  # fmt: skip
+        provider=variant,
+        mode="trl_step",
+        n_rows=BATCH * COMPLETION_LEN,
+        n_selected=int(inputs["completion_mask"].sum()),
+        hidden=head.shape[1],
+        vocab=head.shape[0],
+        dtype=head.dtype,
+        peak_mem_mib=peak,
+        tflops=None,
+    )
     info.update(model=trainer.model_name, lora_r=LORA_R, grad_checkpointing=False, trl_version=trl.__version__)
     benchmark.extra_info.update(info)

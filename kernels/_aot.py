@@ -320,12 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     builds = run_jobs(plan(QWEN2_1_5B, args.arch or [90], tuple(args.plain_only)), args.workers)
     for b in builds:
         status = "ok" if b.fits and not b.spills else ("SPILL" if b.fits else ("SMEM" if b.ok else "FAIL"))
-        print(f"{status:5} sm_{b.arch} {b.kernel:15} {b.problem:14} {b.config:58} reg {b.registers:3} "
-              f"stack {b.stack_bytes:4} smem {b.shared_bytes // 1024:3}K {b.seconds:5.1f}s {b.error}")  # fmt: skip
+        print(
+            f"{status:5} sm_{b.arch} {b.kernel:15} {b.problem:14} {b.config:58} reg {b.registers:3} "
+            f"stack {b.stack_bytes:4} smem {b.shared_bytes // 1024:3}K {b.seconds:5.1f}s {b.error}"
+        )
     print(f"{len(builds)} kernels compiled in {time.perf_counter() - start:.0f} s")
     if args.json:
-        ladders = {name: {"low": [_describe(c) for c in ladder.low], "ieee": [_describe(c) for c in ladder.ieee]}
-                   for name, ladder in LADDERS.items()}  # fmt: skip
+        ladders = {
+            name: {"low": [_describe(c) for c in ladder.low], "ieee": [_describe(c) for c in ladder.ieee]}
+            for name, ladder in LADDERS.items()
+        }
         report = {
             "triton": triton.__version__,
             "ladders": ladders,

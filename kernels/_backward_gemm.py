@@ -46,16 +46,49 @@ _CHUNK_ALIGN = 256
 # which changes every RL step). Neither the row count nor the [R]-slices of the row vectors are specialised
 # (divisibility by 16, pointer alignment): a new k must not compile a new kernel mid-run.
 @DZ.autotune(key=["D", "ROWS_BUCKET", "HAS_ENT_GRAD", "HAS_SOFTCAP", "UPCAST"])
-@triton.jit(do_not_specialize=["n_rows", "ROWS_BUCKET"],
-            do_not_specialize_on_alignment=["n_rows", "ROWS_BUCKET", "index_ptr", "target_ptr", "lse_ptr",
-                                            "ent_ptr", "grad_ptr", "grad_ent_ptr"])  # fmt: skip
-def _dz_chunk_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad_ptr, grad_ent_ptr, dz_ptr,
-                     n_rows, ROWS_BUCKET, D, v_start, v_end, stride_h, stride_w, stride_dz, z_scale, cap_in,
-                     grad_scale,
-                     HAS_ENT_GRAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_V: tl.constexpr,
-                     BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
-                     PRECISION: tl.constexpr):  # fmt: skip
+@triton.jit(
+    do_not_specialize=["n_rows", "ROWS_BUCKET"],
+    do_not_specialize_on_alignment=[
+        "n_rows",
+        "ROWS_BUCKET",
+        "index_ptr",
+        "target_ptr",
+        "lse_ptr",
+        "ent_ptr",
+        "grad_ptr",
+        "grad_ent_ptr",
+    ],
+)
+def _dz_chunk_kernel(
+    h_ptr,
+    w_ptr,
+    index_ptr,
+    target_ptr,
+    lse_ptr,
+    ent_ptr,
+    grad_ptr,
+    grad_ent_ptr,
+    dz_ptr,
+    n_rows,
+    ROWS_BUCKET,
+    D,
+    v_start,
+    v_end,
+    stride_h,
+    stride_w,
+    stride_dz,
+    z_scale,
+    cap_in,
+    grad_scale,
+    HAS_ENT_GRAD: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """dz[r, c] for the block's rows r < n_rows and the chunk's columns v_start + c < v_end (module docstring)."""
     pid = tl.program_id(0).to(tl.int64)
     n_m = tl.cdiv(n_rows, BLOCK_M)
@@ -82,8 +115,9 @@ def _dz_chunk_kernel(h_ptr, w_ptr, index_ptr, target_ptr, lse_ptr, ent_ptr, grad
     cols = v_start + n * BLOCK_V + tl.arange(0, BLOCK_V)  # [BV] vocabulary columns
     col_mask = cols < v_end
 
-    y = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
-                    BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)  # fmt: skip  # [BM, BV]
+    y = logits_tile(
+        h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w, BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION
+    )  # [BM, BV]
     z, t = mapped_logits(y, z_scale, cap_in, HAS_SOFTCAP)  # [BM, BV]
     slope = slope_tile(t, grad_scale, HAS_SOFTCAP)  # dz/dy: scalar or [BM, BV]
     dz = dlogits_tile(z, cols, col_mask, tgt, lse, g, g_ent, ent, slope, HAS_ENT_GRAD)  # [BM, BV] fp32
@@ -131,8 +165,19 @@ def plan_blocks(k: int, dim: int, vocab: int, dz_bytes: int, need_dw: bool, row_
     return rows, min(chunk, vocab)
 
 
-def backward_gemm(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_dh: bool,
-                  need_dw: bool, logit_map: LogitMap):  # fmt: skip
+def backward_gemm(
+    hidden,
+    weight,
+    targets,
+    index,
+    lse,
+    entropy,
+    grad_logp,
+    grad_entropy,
+    need_dh: bool,
+    need_dw: bool,
+    logit_map: LogitMap,
+):
     """(dH [N, D] fp32 or None, dW [V, D] or None); grad_entropy None = no entropy term.
 
     dW is fp32 when several row blocks accumulate into it; with one block (k <= R) each chunk's GEMM writes its
@@ -154,8 +199,9 @@ def backward_gemm(hidden, weight, targets, index, lse, entropy, grad_logp, grad_
     grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_dh else None  # [N, D]
     grad_w = None
     if need_dw:  # [V, D]; every row written below when one block covers k
-        grad_w = (torch.empty if one_block else torch.zeros)(weight.shape, dtype=dz_dtype if one_block else
-                                                             torch.float32, device=weight.device)  # fmt: skip
+        grad_w = (torch.empty if one_block else torch.zeros)(
+            weight.shape, dtype=dz_dtype if one_block else torch.float32, device=weight.device
+        )
     dz = torch.empty(rows_per_block, chunk, dtype=dz_dtype, device=hidden.device)  # [R, Vc] workspace
     d_rows = torch.empty(rows_per_block, dim, dtype=torch.float32, device=hidden.device) if need_dh else None
     for r0 in range(0, k, rows_per_block):
@@ -168,13 +214,31 @@ def backward_gemm(hidden, weight, targets, index, lse, entropy, grad_logp, grad_
             v1 = min(v0 + chunk, vocab)
             grid = functools.partial(_dz_grid, r1 - r0, v1 - v0)
             _dz_chunk_kernel[grid](
-                hidden, weight, idx, targets[r0:r1], lse[r0:r1], entropy[r0:r1] if has_ent else lse[r0:r1],
-                grad_logp[r0:r1], grad_entropy[r0:r1] if has_ent else grad_logp[r0:r1], dz, r1 - r0,
-                row_bucket(r1 - r0), dim, v0, v1,
-                hidden.stride(0), weight.stride(0), dz.stride(0), logit_map.z_scale, logit_map.cap_in,
-                logit_map.grad_scale, HAS_ENT_GRAD=has_ent, HAS_SOFTCAP=logit_map.has_softcap, UPCAST=upcast,
+                hidden,
+                weight,
+                idx,
+                targets[r0:r1],
+                lse[r0:r1],
+                entropy[r0:r1] if has_ent else lse[r0:r1],
+                grad_logp[r0:r1],
+                grad_entropy[r0:r1] if has_ent else grad_logp[r0:r1],
+                dz,
+                r1 - r0,
+                row_bucket(r1 - r0),
+                dim,
+                v0,
+                v1,
+                hidden.stride(0),
+                weight.stride(0),
+                dz.stride(0),
+                logit_map.z_scale,
+                logit_map.cap_in,
+                logit_map.grad_scale,
+                HAS_ENT_GRAD=has_ent,
+                HAS_SOFTCAP=logit_map.has_softcap,
+                UPCAST=upcast,
                 PRECISION=precision,
-            )  # fmt: skip
+            )
             tile = dz[: r1 - r0, : v1 - v0]  # [r, vc]
             if need_dh:
                 _addmm_fp32_(d_rows[: r1 - r0], tile, weight[v0:v1])  # [r, D]

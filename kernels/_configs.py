@@ -59,8 +59,9 @@ class Ladder:
 
     def autotune(self, key: list[str], **kwargs):
         """`triton.autotune` over this ladder, pruned by precision."""
-        return triton.autotune(configs=self.configs, key=key, prune_configs_by={"early_config_prune": self.prune},
-                               **kwargs)  # fmt: skip
+        return triton.autotune(
+            configs=self.configs, key=key, prune_configs_by={"early_config_prune": self.prune}, **kwargs
+        )
 
 
 def _ladder(low: list[tuple], ieee: tuple, grouped: bool, interpret: tuple) -> Ladder:

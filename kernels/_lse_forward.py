@@ -37,12 +37,32 @@ _SPLIT_ALIGN = max(cfg.kwargs["BLOCK_V"] for cfg in FORWARD.configs)
 # The tensors' dtypes join the key automatically (Triton appends them). k and the row vectors are never specialised
 # (divisibility by 16, alignment of a sliced index): a new k must not compile a new kernel mid-run.
 @FORWARD.autotune(key=["D", "V", "K_BUCKET", "HAS_ENTROPY", "HAS_SOFTCAP", "UPCAST"])
-@triton.jit(do_not_specialize=["k", "K_BUCKET"],
-            do_not_specialize_on_alignment=["k", "K_BUCKET", "index_ptr", "target_ptr"])  # fmt: skip
-def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, K_BUCKET, D, V, stride_h, stride_w,
-                      z_scale, cap_in, SPLIT_V, HAS_ENTROPY: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
-                      PRECISION: tl.constexpr):  # fmt: skip
+@triton.jit(
+    do_not_specialize=["k", "K_BUCKET"], do_not_specialize_on_alignment=["k", "K_BUCKET", "index_ptr", "target_ptr"]
+)
+def _lse_split_kernel(
+    h_ptr,
+    w_ptr,
+    index_ptr,
+    target_ptr,
+    stats_ptr,
+    k,
+    K_BUCKET,
+    D,
+    V,
+    stride_h,
+    stride_w,
+    z_scale,
+    cap_in,
+    SPLIT_V,
+    HAS_ENTROPY: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """Per (split, row tile): running max, sum of exp, target logit (and A) of z over the split's columns."""
     pid = tl.program_id(0).to(tl.int64)
     n_row_tiles = tl.cdiv(k, BLOCK_M)
@@ -61,8 +81,22 @@ def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, K_BUCKE
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)  # [BV]
         col_mask = cols < v_end
-        y = logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
-                        BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)  # fmt: skip  # [BM, BV]
+        y = logits_tile(
+            h_ptr,
+            w_ptr,
+            src,
+            cols,
+            row_mask,
+            col_mask,
+            D,
+            stride_h,
+            stride_w,
+            BLOCK_M,
+            BLOCK_V,
+            BLOCK_D,
+            UPCAST,
+            PRECISION,
+        )  # [BM, BV]
         z, _ = mapped_logits(y, z_scale, cap_in, HAS_SOFTCAP)  # [BM, BV]
         z = tl.where(col_mask[None, :], z, float("-inf"))
         tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
@@ -89,8 +123,7 @@ def _lse_split_kernel(h_ptr, w_ptr, index_ptr, target_ptr, stats_ptr, k, K_BUCKE
 
 
 @triton.jit(do_not_specialize=["k", "n_splits"], do_not_specialize_on_alignment=["k", "n_splits"])
-def _merge_kernel(stats_ptr, logp_ptr, lse_ptr, ent_ptr, k, n_splits, HAS_ENTROPY: tl.constexpr,
-                  BLOCK: tl.constexpr):  # fmt: skip
+def _merge_kernel(stats_ptr, logp_ptr, lse_ptr, ent_ptr, k, n_splits, HAS_ENTROPY: tl.constexpr, BLOCK: tl.constexpr):
     """lse = M + log S over the splits; logp = target logit (found in one split) - lse; H = log S - A / S."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     mask = rows < k
@@ -150,10 +183,25 @@ def lse_forward(hidden, weight, targets, index, logit_map: LogitMap, with_entrop
     upcast, precision = dot_flags(hidden.dtype, weight.dtype)
     grid = lambda meta: (triton.cdiv(k, meta["BLOCK_M"]) * n_splits,)
     _lse_split_kernel[grid](
-        hidden, weight, index, targets, stats, k, row_bucket(k), dim, vocab, hidden.stride(0), weight.stride(0),
-        logit_map.z_scale, logit_map.cap_in, split_v, HAS_ENTROPY=with_entropy, HAS_SOFTCAP=logit_map.has_softcap,
-        UPCAST=upcast, PRECISION=precision,
-    )  # fmt: skip
+        hidden,
+        weight,
+        index,
+        targets,
+        stats,
+        k,
+        row_bucket(k),
+        dim,
+        vocab,
+        hidden.stride(0),
+        weight.stride(0),
+        logit_map.z_scale,
+        logit_map.cap_in,
+        split_v,
+        HAS_ENTROPY=with_entropy,
+        HAS_SOFTCAP=logit_map.has_softcap,
+        UPCAST=upcast,
+        PRECISION=precision,
+    )
     block = 64 if INTERPRET else 512
     _merge_kernel[(triton.cdiv(k, block),)](
         stats, logp, lse, entropy if with_entropy else lse, k, n_splits, HAS_ENTROPY=with_entropy, BLOCK=block

@@ -50,14 +50,28 @@ def compose_pg_loss(
     index, logit_map = validate_logprob_inputs(hidden, weight, targets, index, temperature, softcap, logit_scale)
     k = index.numel()
     validate_pg_inputs(
-        advantages, old_logp, ref_logp, weights, k=k, device=hidden.device,
-        eps_low=eps_low, eps_high=eps_high, beta=beta, reduction=reduction,
-    )  # fmt: skip
+        advantages,
+        old_logp,
+        ref_logp,
+        weights,
+        k=k,
+        device=hidden.device,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        beta=beta,
+        reduction=reduction,
+    )
     logp = logprob_fn(hidden, weight, targets, index, logit_map)  # [k] fp32
     loss_rows, clipped = epilogue_fn(
-        logp, advantages, old_logp, ref_logp if beta > 0 else None, weights,
-        eps_low=float(eps_low), eps_high=float(eps_high), beta=float(beta),
-    )  # fmt: skip  # [k] fp32, [k] bool
+        logp,
+        advantages,
+        old_logp,
+        ref_logp if beta > 0 else None,
+        weights,
+        eps_low=float(eps_low),
+        eps_high=float(eps_high),
+        beta=float(beta),
+    )  # [k] fp32, [k] bool
     if reduction == "sum":
         loss = loss_rows.sum()
     elif reduction == "mean":

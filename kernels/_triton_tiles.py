@@ -32,18 +32,37 @@ def dot_flags(hidden_dtype: torch.dtype, weight_dtype: torch.dtype) -> tuple[boo
 
 
 @triton.jit
-def logits_tile(h_ptr, w_ptr, src, cols, row_mask, col_mask, D, stride_h, stride_w,
-                BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+def logits_tile(
+    h_ptr,
+    w_ptr,
+    src,
+    cols,
+    row_mask,
+    col_mask,
+    D,
+    stride_h,
+    stride_w,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """hidden[src] @ weight[cols].T in fp32: [BLOCK_M, BLOCK_V], accumulated over D in BLOCK_D chunks."""
     offs_d = tl.arange(0, BLOCK_D)
     acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         d_mask = (d0 + offs_d) < D
-        h = tl.load(h_ptr + src[:, None] * stride_h + (d0 + offs_d)[None, :],
-                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)  # fmt: skip  # [BM, BD]
-        w = tl.load(w_ptr + cols[None, :] * stride_w + (d0 + offs_d)[:, None],
-                    mask=col_mask[None, :] & d_mask[:, None], other=0.0)  # fmt: skip  # [BD, BV]
+        h = tl.load(
+            h_ptr + src[:, None] * stride_h + (d0 + offs_d)[None, :],
+            mask=row_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )  # [BM, BD]
+        w = tl.load(
+            w_ptr + cols[None, :] * stride_w + (d0 + offs_d)[:, None],
+            mask=col_mask[None, :] & d_mask[:, None],
+            other=0.0,
+        )  # [BD, BV]
         if UPCAST:
             h = h.to(tl.float32)
             w = w.to(tl.float32)

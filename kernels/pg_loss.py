@@ -38,9 +38,24 @@ class _Options:
 
 # k and the user's row vectors are never specialised (divisibility, alignment): a new k compiles nothing new.
 @triton.jit(do_not_specialize=["k"], do_not_specialize_on_alignment=["k", "adv_ptr", "old_ptr", "ref_ptr", "w_ptr"])
-def _pg_forward_kernel(logp_ptr, adv_ptr, old_ptr, ref_ptr, w_ptr, loss_ptr, clipped_ptr, coef_ptr, k,
-                       ratio_lo, ratio_hi, beta, HAS_OLD: tl.constexpr, HAS_KL: tl.constexpr,
-                       HAS_W: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+def _pg_forward_kernel(
+    logp_ptr,
+    adv_ptr,
+    old_ptr,
+    ref_ptr,
+    w_ptr,
+    loss_ptr,
+    clipped_ptr,
+    coef_ptr,
+    k,
+    ratio_lo,
+    ratio_hi,
+    beta,
+    HAS_OLD: tl.constexpr,
+    HAS_KL: tl.constexpr,
+    HAS_W: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     mask = rows < k
     logp = tl.load(logp_ptr + rows, mask=mask, other=0.0).to(tl.float32)
@@ -93,12 +108,24 @@ class _PGEpilogue(torch.autograd.Function):
         has_kl = opts.beta > 0.0
         if k > 0:
             _pg_forward_kernel[(triton.cdiv(k, _BLOCK),)](
-                logp_c, _as_row_vector(advantages, logp_c), _as_row_vector(old_logp, logp_c),
-                _as_row_vector(ref_logp if has_kl else None, logp_c), _as_row_vector(weights, logp_c),
+                logp_c,
+                _as_row_vector(advantages, logp_c),
+                _as_row_vector(old_logp, logp_c),
+                _as_row_vector(ref_logp if has_kl else None, logp_c),
+                _as_row_vector(weights, logp_c),
                 # Bounds formed in float64 on the host, rounded once to fp32: the same numbers torch compares with.
-                loss, clipped, coef, k, 1.0 - opts.eps_low, 1.0 + opts.eps_high, opts.beta,
-                HAS_OLD=old_logp is not None, HAS_KL=has_kl, HAS_W=weights is not None, BLOCK=_BLOCK,
-            )  # fmt: skip
+                loss,
+                clipped,
+                coef,
+                k,
+                1.0 - opts.eps_low,
+                1.0 + opts.eps_high,
+                opts.beta,
+                HAS_OLD=old_logp is not None,
+                HAS_KL=has_kl,
+                HAS_W=weights is not None,
+                BLOCK=_BLOCK,
+            )
         ctx.save_for_backward(coef)
         clipped = clipped.view(torch.bool)  # [k]
         ctx.mark_non_differentiable(clipped)

@@ -87,8 +87,9 @@ class _ChunkedLinearLogprob(torch.autograd.Function):
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()  # [k]
         grad_entropy = None if grad_entropy is None else grad_entropy.float()  # [k]
         with torch.autocast(hidden.device.type, enabled=False):
-            grad_h, grad_w = _backward(hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy,
-                                       need_h, need_w, ctx.logit_map)  # fmt: skip
+            grad_h, grad_w = _backward(
+                hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_h, need_w, ctx.logit_map
+            )
         grad_hidden = grad_h.to(hidden.dtype) if need_h else None
         grad_weight = grad_w.to(weight.dtype) if need_w else None
         return grad_hidden, grad_weight, None, None, None, None

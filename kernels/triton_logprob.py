@@ -84,9 +84,18 @@ class _LinearLogprob(torch.autograd.Function):
         grad_entropy = None if grad_entropy is None else grad_entropy.float().contiguous()
         with torch.autocast(hidden.device.type, enabled=False):  # the GEMM backward's addmm would become bf16
             grad_h, grad_w = _BACKWARDS[ctx.opts.backward](
-                hidden, weight, targets, index, lse, entropy, grad_logp, grad_entropy, need_h, need_w,
+                hidden,
+                weight,
+                targets,
+                index,
+                lse,
+                entropy,
+                grad_logp,
+                grad_entropy,
+                need_h,
+                need_w,
                 ctx.opts.logit_map,
-            )  # fmt: skip
+            )
         grad_hidden = grad_h.to(hidden.dtype) if need_h else None  # [N, D]
         grad_weight = grad_w.to(weight.dtype) if need_w else None  # [V, D]
         return grad_hidden, grad_weight, None, None, None

@@ -40,10 +40,16 @@ def _lora_state(model) -> dict[str, torch.Tensor]:
 
 def _save(tmp_path, step, model, optimizer, scheduler, keep=0):
     return save_checkpoint(
-        tmp_path, step, model=model, optimizer=optimizer, scheduler=scheduler,
-        trainer_state={"eval_before": 0.25}, algorithm_state={"replay_buffer": {"entries": {"a": [[1, 2]]}}},
-        config={"steps": 4, "lora": {"r": 4}}, keep=keep,
-    )  # fmt: skip
+        tmp_path,
+        step,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainer_state={"eval_before": 0.25},
+        algorithm_state={"replay_buffer": {"entries": {"a": [[1, 2]]}}},
+        config={"steps": 4, "lora": {"r": 4}},
+        keep=keep,
+    )
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -99,9 +105,15 @@ def test_a_failed_write_leaves_no_checkpoint(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(
-            tmp_path, 3, model=model, optimizer=optimizer, scheduler=Broken(), trainer_state={},
-            algorithm_state={}, config={},
-        )  # fmt: skip
+            tmp_path,
+            3,
+            model=model,
+            optimizer=optimizer,
+            scheduler=Broken(),
+            trainer_state={},
+            algorithm_state={},
+            config={},
+        )
     assert list(tmp_path.iterdir()) == []
 
 

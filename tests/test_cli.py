@@ -13,10 +13,25 @@ from tokrl.cli import EXIT_CONFIG_ERROR, build_parser, main
 from tokrl.config import flat_fields
 
 TINY = [
-    "--steps", "2", "--sft-steps", "3", "--sft-batch-size", "4", "--prompts-per-step", "2", "--num-generations", "4",
-    "--max-new-tokens", "6", "--eval-size", "6", "--eval-batch-size", "6",
-    "--task-options", "{digits_a: 2, digits_b: 1, train_size: 16, test_size: 6}",
-]  # fmt: skip
+    "--steps",
+    "2",
+    "--sft-steps",
+    "3",
+    "--sft-batch-size",
+    "4",
+    "--prompts-per-step",
+    "2",
+    "--num-generations",
+    "4",
+    "--max-new-tokens",
+    "6",
+    "--eval-size",
+    "6",
+    "--eval-batch-size",
+    "6",
+    "--task-options",
+    "{digits_a: 2, digits_b: 1, train_size: 16, test_size: 6}",
+]
 
 
 def tokrl(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -38,15 +53,28 @@ def test_train_end_to_end_then_resume_and_eval(tmp_path):
     config = (out / "checkpoint-2" / "config.yaml").read_text()
     assert "algorithm: s-grpo" in config and "seed: 1" in config
 
-    more = tokrl("train", *TINY, "--output-dir", str(out), "--algorithm", "s-grpo", "--seed", "1", "--resume",
-                 "--steps", "3")  # fmt: skip
+    more = tokrl(
+        "train", *TINY, "--output-dir", str(out), "--algorithm", "s-grpo", "--seed", "1", "--resume", "--steps", "3"
+    )
     assert more.returncode == 0, more.stderr
     assert "reusing the warm start" in more.stderr and "resumed from" in more.stderr
     assert json.loads((out / "results.json").read_text())["steps"] == 3
 
-    evaluated = tokrl("eval", "--model", str(out / "sft"), "--adapter", str(out / "checkpoint-3"), "--task",
-                      "multiplication", "--task-options", "{digits_a: 2, digits_b: 1, test_size: 6}", "--limit", "3",
-                      "--max-new-tokens", "6")  # fmt: skip
+    evaluated = tokrl(
+        "eval",
+        "--model",
+        str(out / "sft"),
+        "--adapter",
+        str(out / "checkpoint-3"),
+        "--task",
+        "multiplication",
+        "--task-options",
+        "{digits_a: 2, digits_b: 1, test_size: 6}",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "6",
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert metrics["n"] == 3 and 0 <= metrics["accuracy"] <= 1
@@ -94,8 +122,20 @@ def test_every_config_field_has_a_flag_with_help():
     for key in flat_fields():
         assert "--" + key.replace("_", "-") in flags
     assert "PPO clip: ratio lower bound" in train.format_help()  # the field's metadata help
-    for required in ("--algorithm", "--task", "--model", "--steps", "--output-dir", "--resume", "--save-every",
-                     "--eval-every", "--seed", "--sft-steps", "--config", "--preset"):  # fmt: skip
+    for required in (
+        "--algorithm",
+        "--task",
+        "--model",
+        "--steps",
+        "--output-dir",
+        "--resume",
+        "--save-every",
+        "--eval-every",
+        "--seed",
+        "--sft-steps",
+        "--config",
+        "--preset",
+    ):
         assert required in flags
     args = parser.parse_args(["train", "--resume", "--lora_r", "4"])
     assert args.resume == "true" and args.lora_r == "4"

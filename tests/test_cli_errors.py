@@ -81,9 +81,26 @@ def test_eval_missing_local_adapter_fails_before_loading(tmp_path, capsys, monke
 
 def _custom(dataset: str, reward: str, *extra: str) -> list[str]:
     options = f"{{dataset: {dataset}, reward: '{reward}', test_size: 2}}"
-    return ["train", "--task", "custom", "--task-options", options, "--sft-steps", "0", "--steps", "1",
-            "--prompts-per-step", "2", "--num-generations", "2", "--max-new-tokens", "2", "--progress", "false",
-            *extra]  # fmt: skip
+    return [
+        "train",
+        "--task",
+        "custom",
+        "--task-options",
+        options,
+        "--sft-steps",
+        "0",
+        "--steps",
+        "1",
+        "--prompts-per-step",
+        "2",
+        "--num-generations",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--progress",
+        "false",
+        *extra,
+    ]
 
 
 def test_empty_dataset_file(cwd_on_path, capsys):
@@ -124,11 +141,30 @@ def test_reward_module_in_cwd_imports_from_the_console_script(tmp_path):
     (tmp_path / "cwd_reward.py").write_text("def score(completions, **kw):\n    return [0.5] * len(completions)\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
-        [str(script), "eval", "--model", "tiny", "--task", "custom", "--task-options",
-         "{dataset: rows.jsonl, reward: 'cwd_reward:score'}", "--split", "train", "--limit", "2",
-         "--max-new-tokens", "2", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
-    )  # fmt: skip
+        [
+            str(script),
+            "eval",
+            "--model",
+            "tiny",
+            "--task",
+            "custom",
+            "--task-options",
+            "{dataset: rows.jsonl, reward: 'cwd_reward:score'}",
+            "--split",
+            "train",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["n"] == 2 and result["mean_reward"] == 0.5

@@ -17,9 +17,28 @@ import tokrl.run.warm_start as sft_module
 from tokrl.cli import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, main
 from tokrl.trainer import Trainer
 
-TINY = ["--sft-steps", "0", "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "4",
-        "--eval-size", "4", "--eval-batch-size", "4", "--num-threads", "1", "--progress", "false", "--algorithm",
-        "grpo", "--task-options", "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}"]  # fmt: skip
+TINY = [
+    "--sft-steps",
+    "0",
+    "--prompts-per-step",
+    "2",
+    "--num-generations",
+    "4",
+    "--max-new-tokens",
+    "4",
+    "--eval-size",
+    "4",
+    "--eval-batch-size",
+    "4",
+    "--num-threads",
+    "1",
+    "--progress",
+    "false",
+    "--algorithm",
+    "grpo",
+    "--task-options",
+    "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
+]
 # What torch.save raises when the disk fills up in the middle of a file.
 TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 6016 vs 5908"
 

@@ -97,8 +97,10 @@ def torchrun(
     for key, value in (settings(workdir, reward) | {"output_dir": str(out)} | extra).items():
         args += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, dict) else str(value)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
-                        "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     return subprocess.run(
         command + ["-m", "tokrl", "train", *args], env=env, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S
     )

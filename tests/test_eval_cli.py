@@ -15,9 +15,28 @@ from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.models.adapters import adapter_base_model
 from tokrl.run.eval_defaults import eval_defaults
 
-TINY = ["--sft-steps", "2", "--sft-batch-size", "4", "--steps", "1", "--prompts-per-step", "2", "--num-generations",
-        "4", "--max-new-tokens", "4", "--eval-size", "4", "--progress", "false", "--num-threads", "1",
-        "--task-options", "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}"]  # fmt: skip
+TINY = [
+    "--sft-steps",
+    "2",
+    "--sft-batch-size",
+    "4",
+    "--steps",
+    "1",
+    "--prompts-per-step",
+    "2",
+    "--num-generations",
+    "4",
+    "--max-new-tokens",
+    "4",
+    "--eval-size",
+    "4",
+    "--progress",
+    "false",
+    "--num-threads",
+    "1",
+    "--task-options",
+    "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
+]
 EVAL = ["eval", "--limit", "2", "--device", "cpu", "--examples", "0"]
 
 
@@ -105,8 +124,10 @@ def test_damaged_adapter_is_one_line(adapter, capsys, monkeypatch, damage, messa
 def test_defaults_without_a_run_come_from_the_preset():
     defaults = eval_defaults("tiny", None, None)
     assert (defaults.task, defaults.task_options, defaults.max_new_tokens) == (
-        "multiplication", {"digits_a": 3, "digits_b": 1}, 5,
-    )  # fmt: skip
+        "multiplication",
+        {"digits_a": 3, "digits_b": 1},
+        5,
+    )
     assert defaults.source == "preset 'tiny-multiplication'"
 
 

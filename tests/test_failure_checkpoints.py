@@ -104,10 +104,34 @@ def cwd_with_rewards(tmp_path, monkeypatch):
 
 def _train(reward: str, *extra: str) -> list[str]:
     options = f"{{dataset: rows.jsonl, reward: 'reward_{reward}:score', test_size: 4}}"
-    return ["train", "--task", "custom", "--task-options", options, "--sft-steps", "0", "--steps", "3",
-            "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "3", "--eval-size", "4",
-            "--progress", "false", "--num-threads", "1", "--algorithm", "grpo", "--output-dir", "o",
-            *extra]  # fmt: skip
+    return [
+        "train",
+        "--task",
+        "custom",
+        "--task-options",
+        options,
+        "--sft-steps",
+        "0",
+        "--steps",
+        "3",
+        "--prompts-per-step",
+        "2",
+        "--num-generations",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--eval-size",
+        "4",
+        "--progress",
+        "false",
+        "--num-threads",
+        "1",
+        "--algorithm",
+        "grpo",
+        "--output-dir",
+        "o",
+        *extra,
+    ]
 
 
 def test_reward_that_raises_is_one_line_naming_it_and_the_step(cwd_with_rewards, capsys):

@@ -44,13 +44,21 @@ def test_kill_9_in_the_first_step_after_a_resume_keeps_the_history(tmp_path):
 
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_IN_FIRST_STEP.format(run=RUN), str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (out / "metrics.jsonl").read_text().splitlines(keepends=True) == kept
 
     result = HashRewardTrainer(small_config(tmp_path, resume=True, **RUN)).run()  # takes over the stale lock
     assert result.steps == 3 and not result.interrupted
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["step"]) for r in logged] == [("eval", 0), ("train", 1), ("train", 2), ("train", 3),
-                                                        ("eval", 3)]  # fmt: skip
+    assert [(r["kind"], r["step"]) for r in logged] == [
+        ("eval", 0),
+        ("train", 1),
+        ("train", 2),
+        ("train", 3),
+        ("eval", 3),
+    ]

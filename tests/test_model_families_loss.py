@@ -49,8 +49,7 @@ def _tokrl_logp(model, ids, mask, index, targets):
     hidden = hidden_states(model, ids, mask)  # [B, L, D]
     flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, D]
     kwargs = logit_transform(model).kernel_kwargs()
-    return linear_logprob(flat, lm_head_weight(model), targets, index, temperature=TEMPERATURE, impl="torch",
-                          **kwargs)  # fmt: skip
+    return linear_logprob(flat, lm_head_weight(model), targets, index, temperature=TEMPERATURE, impl="torch", **kwargs)
 
 
 def _model_logp(model, ids, mask, index, targets):
@@ -130,9 +129,13 @@ def test_the_trainer_update_reads_the_model_distribution(family, tmp_path):
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("12*3=", "Tom has 3 apples;")]
     completions = [[7, 19, 4, 11], [23, 5, 9]]
     row, position = zip(*[(b, t) for b, c in enumerate(completions) for t in range(len(c))], strict=True)
-    rows = LossRows(row=torch.tensor(row), position=torch.tensor(position),
-                    token=torch.tensor([completions[b][t] for b, t in zip(row, position, strict=True)]),
-                    advantage=torch.randn(len(row)), weight=torch.full((len(row),), 1.0 / len(row)))  # fmt: skip
+    rows = LossRows(
+        row=torch.tensor(row),
+        position=torch.tensor(position),
+        token=torch.tensor([completions[b][t] for b, t in zip(row, position, strict=True)]),
+        advantage=torch.randn(len(row)),
+        weight=torch.full((len(row),), 1.0 / len(row)),
+    )
 
     def own_logp():  # each sequence alone, unpadded, through the model's own forward and logits
         out = []
@@ -167,10 +170,11 @@ def test_the_warm_start_loss_is_the_model_cross_entropy(family):
     labels = [torch.tensor([-100] * (len(p) - 1) + c) for p, c in zip(prompts, completions, strict=True)]
     with torch.no_grad():
         nll = [
-            torch.nn.functional.cross_entropy(model(input_ids=torch.tensor([p + c[:-1]])).logits[0].float(), y,
-                                              reduction="sum")
+            torch.nn.functional.cross_entropy(
+                model(input_ids=torch.tensor([p + c[:-1]])).logits[0].float(), y, reduction="sum"
+            )
             for p, c, y in zip(prompts, completions, labels, strict=True)
-        ]  # fmt: skip
+        ]
         got = sft_loss(model, prompts, completions, tokenizer.pad_token_id, impl="torch")
     want = torch.stack(nll).sum() / sum(len(c) for c in completions)
     torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)

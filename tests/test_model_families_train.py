@@ -28,6 +28,7 @@ from tokrl.models.lora_targets import linear_layer_names
 
 PROMPTS = ["3*4=", "12*5=", "7*9=", "21*3=", "8*8=", "2*6="]
 
+
 def hash_reward(completions, **columns):
     """Rewards that differ within a group of a random model's completions (a stable hash of the text)."""
     return [float(zlib.crc32(c.encode()) % 5) for c in completions]
@@ -43,11 +44,23 @@ def dataset(tmp_path_factory):
 def _run(family, sampler, dataset, tmp_path):
     model_dir = save_family_model(family, tmp_path / "model")
     result = tokrl.train(
-        model=str(model_dir), output_dir=str(tmp_path / "run"), sampler=sampler,
-        task="custom", task_options={"dataset": dataset, "reward": f"{__name__}:hash_reward", "test_size": 2},
-        steps=2, sft_steps=1, sft_batch_size=2, prompts_per_step=2, num_generations=4, max_new_tokens=5,
-        eval_size=2, eval_batch_size=2, save_every=2, progress=False, num_threads=1,
-    )  # fmt: skip
+        model=str(model_dir),
+        output_dir=str(tmp_path / "run"),
+        sampler=sampler,
+        task="custom",
+        task_options={"dataset": dataset, "reward": f"{__name__}:hash_reward", "test_size": 2},
+        steps=2,
+        sft_steps=1,
+        sft_batch_size=2,
+        prompts_per_step=2,
+        num_generations=4,
+        max_new_tokens=5,
+        eval_size=2,
+        eval_batch_size=2,
+        save_every=2,
+        progress=False,
+        num_threads=1,
+    )
     return model_dir, result
 
 
@@ -65,8 +78,9 @@ def test_family_trains_by_path_and_its_adapter_loads_back(family, sampler, datas
 
     base, _ = load_model(str(result.output_dir / "sft"))  # the warm-started model RL adapted
     peft_model = PeftModel.from_pretrained(base, str(result.output_dir / "checkpoint-2")).eval()
-    adapted = {name.removeprefix("base_model.model.") for name, m in peft_model.named_modules()
-               if isinstance(m, LoraLayer)}  # fmt: skip
+    adapted = {
+        name.removeprefix("base_model.model.") for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)
+    }
     assert adapted == set(linear_layer_names(load_model(str(model_dir))[0]))  # every linear layer of the decoder
     assert any(p.abs().max() > 0 for name, p in peft_model.named_parameters() if "lora_B" in name)
     ids = torch.tensor([[5, 9, 12, 7, 3]])

@@ -212,12 +212,15 @@ def test_all_linear_gives_the_tiny_model_the_paper_adapter():
 @pytest.mark.parametrize(
     ("targets", "message"),
     [
-        (["q_proj", "c_attn", "c_fc"], "Qwen2ForCausalLM has no module named 'c_attn', 'c_fc'; its linear layers are "
-         "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
+        (
+            ["q_proj", "c_attn", "c_fc"],
+            "Qwen2ForCausalLM has no module named 'c_attn', 'c_fc'; its linear layers are "
+            "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj",
+        ),
         (["all-linear", "q_proj"], "'all-linear' stands alone"),
     ],
     ids=["gpt2-names-on-qwen2", "all-linear-mixed"],
-)  # fmt: skip
+)
 def test_apply_lora_refuses_missing_targets_before_wrapping(targets, message):
     model, _ = build_tiny_model()
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -29,9 +29,14 @@ def fake_run(path, algorithm, *, steps=1600, selected=50.0, peak_mem=None, seed=
     rng = random.Random(seed)
     records = [{"kind": "eval", "step": 0, "when": "before", "accuracy": 0.266, "n": 500}]
     for step in range(1, steps + 1):
-        record = {"kind": "train", "step": step, "reward_mean": min(1.0, 0.3 + step / (3 * steps) + rng.gauss(0, 0.05)),
-                  "selected_tokens": int(selected + rng.gauss(0, 5)), "step_time_s": 0.17 + abs(rng.gauss(0, 0.02)),
-                  "kl": None}  # fmt: skip
+        record = {
+            "kind": "train",
+            "step": step,
+            "reward_mean": min(1.0, 0.3 + step / (3 * steps) + rng.gauss(0, 0.05)),
+            "selected_tokens": int(selected + rng.gauss(0, 5)),
+            "step_time_s": 0.17 + abs(rng.gauss(0, 0.02)),
+            "kl": None,
+        }
         if peak_mem is not None:
             record["update_peak_mem_mib"] = peak_mem + rng.random()
         records.append(record)

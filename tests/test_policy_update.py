@@ -30,16 +30,30 @@ def _grads_and_totals(update: PolicyUpdate, prompts, completions, rows, micro: i
 
 @pytest.mark.parametrize(
     ("algorithm", "replay_prob", "share_prompts"),
-    [("t-spmo", 0.0, False), ("t-spmo", 1.0, False), ("s-grpo", 0.0, False), ("grpo", 0.0, False),
-     ("t-spmo", 1.0, True), ("grpo", 0.0, True)],
-)  # fmt: skip
+    [
+        ("t-spmo", 0.0, False),
+        ("t-spmo", 1.0, False),
+        ("s-grpo", 0.0, False),
+        ("grpo", 0.0, False),
+        ("t-spmo", 1.0, True),
+        ("grpo", 0.0, True),
+    ],
+)
 def test_micro_batches_equal_one_forward(tmp_path, monkeypatch, algorithm, replay_prob, share_prompts):
     config = small_config(
-        tmp_path, algorithm=algorithm, replay_prob=replay_prob, steps=3, lora_dropout=0.0, max_new_tokens=8,
-        alpha=2, max_tokens=4, eval_size=1, share_prompts=share_prompts,
+        tmp_path,
+        algorithm=algorithm,
+        replay_prob=replay_prob,
+        steps=3,
+        lora_dropout=0.0,
+        max_new_tokens=8,
+        alpha=2,
+        max_tokens=4,
+        eval_size=1,
+        share_prompts=share_prompts,
         # two training prompts, both in every step: from step 2 on, replay finds stored successes to continue
         task_options={"digits_a": 2, "digits_b": 1, "train_size": 2, "test_size": 2},
-    )  # fmt: skip
+    )
     checked = []
     real_apply = PolicyUpdate.apply
 
@@ -82,10 +96,17 @@ def test_update_peak_memory_grows_with_selected_rows(tmp_path):
     peaks = {}
     for size in (2, 8):
         config = small_config(
-            tmp_path / str(size), algorithm="grpo", device="cuda", dtype="float32", prompts_per_step=size,
-            num_generations=8, max_new_tokens=64, steps=1, eval_size=1,
+            tmp_path / str(size),
+            algorithm="grpo",
+            device="cuda",
+            dtype="float32",
+            prompts_per_step=size,
+            num_generations=8,
+            max_new_tokens=64,
+            steps=1,
+            eval_size=1,
             task_options={"digits_a": 2, "digits_b": 1, "train_size": 16, "test_size": 4},
-        )  # fmt: skip
+        )
         result = HashRewardTrainer(config).run()
         records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
         peaks[size] = next(r["update_peak_mem_mib"] for r in records if r["kind"] == "train")
@@ -116,8 +137,9 @@ def test_cpu_optimiser_is_multi_tensor_adamw_with_the_same_steps(tmp_path):
     shapes = [p.shape for p in trainer.update.params]
     runs = []
     for foreach in (True, False):
-        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i))) for i, s in
-                  enumerate(shapes)]  # fmt: skip
+        params = [
+            torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i))) for i, s in enumerate(shapes)
+        ]
         optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01, foreach=foreach)
         grads = torch.Generator().manual_seed(99)
         for _ in range(5):

@@ -17,9 +17,28 @@ from tokrl.cli import EXIT_CONFIG_ERROR, main
 from tokrl.run.preflight import check_model_options
 from tokrl.tasks import get_task
 
-TINY = ["--sft-steps", "2", "--sft-batch-size", "4", "--steps", "1", "--prompts-per-step", "2", "--num-generations",
-        "4", "--max-new-tokens", "4", "--eval-size", "4", "--progress", "false", "--num-threads", "1",
-        "--task-options", "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}"]  # fmt: skip
+TINY = [
+    "--sft-steps",
+    "2",
+    "--sft-batch-size",
+    "4",
+    "--steps",
+    "1",
+    "--prompts-per-step",
+    "2",
+    "--num-generations",
+    "4",
+    "--max-new-tokens",
+    "4",
+    "--eval-size",
+    "4",
+    "--progress",
+    "false",
+    "--num-threads",
+    "1",
+    "--task-options",
+    "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
+]
 
 
 @pytest.mark.parametrize(

@@ -103,11 +103,17 @@ def test_ops_are_attributed_to_the_enclosing_phase(phases):
 def _profile(step_s: float) -> dict:
     names = load_benchmark_script("profile_step").PHASE_ORDER
     return {
-        "step_s_mean": step_s, "step_s_median": step_s, "step_cpu_s_mean": step_s,
-        "phase_s": dict.fromkeys(names, step_s / len(names)), "phase_cpu_s": dict.fromkeys(names, step_s / len(names)),
-        "ops_per_step": {"selection": 12.0}, "host_reads_per_step": {"metrics": 3.0},
-        "per_step": {"selected_tokens": 5.0}, "checkpoint_save_s": 0.01, "eval_s": 0.2,
-    }  # fmt: skip
+        "step_s_mean": step_s,
+        "step_s_median": step_s,
+        "step_cpu_s_mean": step_s,
+        "phase_s": dict.fromkeys(names, step_s / len(names)),
+        "phase_cpu_s": dict.fromkeys(names, step_s / len(names)),
+        "ops_per_step": {"selection": 12.0},
+        "host_reads_per_step": {"metrics": 3.0},
+        "per_step": {"selected_tokens": 5.0},
+        "checkpoint_save_s": 0.01,
+        "eval_s": 0.2,
+    }
 
 
 def test_render_shows_profiles_variants_and_ratios():
@@ -118,17 +124,21 @@ def test_render_shows_profiles_variants_and_ratios():
         "steps_per_run": 4,
         "algorithms": {
             "grpo": {
-                "wall_median_s": {"base": 0.2, "new": 0.1}, "wall_ratio": {"base": 1.0, "new": 0.5},
-                "cpu_median_s": {"base": 0.2, "new": 0.15}, "cpu_ratio": {"base": 1.0, "new": 0.75},
+                "wall_median_s": {"base": 0.2, "new": 0.1},
+                "wall_ratio": {"base": 1.0, "new": 0.5},
+                "cpu_median_s": {"base": 0.2, "new": 0.15},
+                "cpu_ratio": {"base": 1.0, "new": 0.75},
                 "rounds": {"base": [0.2, 0.21], "new": [0.1, 0.11]},
             }
         },
-    }  # fmt: skip
+    }
     data = {
-        "date": "2026-11-30", "machine": {"threads": 1}, "profiles": {"grpo": _profile(0.1)},
+        "date": "2026-11-30",
+        "machine": {"threads": 1},
+        "profiles": {"grpo": _profile(0.1)},
         "variant_profiles": {"new": {"grpo": _profile(0.1)}, "base": {"grpo": _profile(0.2)}},
         "comparison": comparison,
-    }  # fmt: skip
+    }
     text = profile_step.render(data)
     assert "| selection |" in text and "12 / 0" in text and "**step**" in text
     assert "new / base" in text and "**100.0** / **200.0**" in text  # the variant table's step row
@@ -140,10 +150,13 @@ def _fake_run(root: Path, adapter: bytes, loss: float, seconds: float) -> Path:
     checkpoint.mkdir(parents=True)
     (checkpoint / "adapter_model.safetensors").write_bytes(adapter)
     (checkpoint / "algorithm_state.json").write_text("{}")
-    torch.save({"python": (3, (seconds,), None), "torch": torch.tensor([1, 2], dtype=torch.uint8)},
-               checkpoint / "rng_state.pt")  # fmt: skip
-    torch.save({"state": {0: {"step": torch.tensor(2.0)}}, "param_groups": [{"lr": 0.1, "foreach": seconds > 1}]},
-               checkpoint / "optimizer.pt")  # fmt: skip
+    torch.save(
+        {"python": (3, (seconds,), None), "torch": torch.tensor([1, 2], dtype=torch.uint8)}, checkpoint / "rng_state.pt"
+    )
+    torch.save(
+        {"state": {0: {"step": torch.tensor(2.0)}}, "param_groups": [{"lr": 0.1, "foreach": seconds > 1}]},
+        checkpoint / "optimizer.pt",
+    )
     records = [{"kind": "train", "step": 1, "loss": loss, "step_time_s": seconds, "peak_mem_mib": seconds}]
     (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (root / "results.json").write_text(json.dumps({"eval_before": 0.5, "eval_after": 0.6, "steps": 2}))

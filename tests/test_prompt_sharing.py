@@ -84,8 +84,13 @@ def test_shared_prompt_forward_equals_packed_forward(name):
 def test_layout_by_hand():
     # Rows 0, 1 share prompt [7, 8]; row 2 has prompt [9]. Row 1 selects only position 0 (no continuation).
     prompts, completions = [[7, 8], [7, 8], [9]], [[11, 12, 13], [14, 15], [16, 17]]
-    rows = LossRows(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 2, 0, 1]), torch.tensor([11, 13, 14, 17]),
-                    torch.zeros(4), torch.ones(4))  # fmt: skip
+    rows = LossRows(
+        torch.tensor([0, 0, 1, 2]),
+        torch.tensor([0, 2, 0, 1]),
+        torch.tensor([11, 13, 14, 17]),
+        torch.zeros(4),
+        torch.ones(4),
+    )
     batch, index = pack_shared_prompts(prompts, completions, rows, PAD, "cpu")
     assert batch.prompt_ids.tolist() == [[7, 8], [0, 9]] and batch.prompt_mask.tolist() == [[1, 1], [0, 1]]
     assert batch.ids.tolist() == [[11, 12], [16, 0]] and batch.mask.tolist() == [[1, 1], [1, 0]]
@@ -104,8 +109,13 @@ def test_refused_under_gradient_checkpointing():
 def test_trainer_option_trains_on_fewer_forward_tokens(tmp_path):
     # T-SPMO with replay: later steps continue from prompt + prefix rows. Step 1 samples the same rows with and
     # without sharing (nothing has been updated yet), so its forward tokens compare directly.
-    options = {"algorithm": "t-spmo", "replay_prob": 1.0, "steps": 3, "lora_dropout": 0.0,
-               "task_options": {"digits_a": 2, "digits_b": 1, "train_size": 2, "test_size": 2}}  # fmt: skip
+    options = {
+        "algorithm": "t-spmo",
+        "replay_prob": 1.0,
+        "steps": 3,
+        "lora_dropout": 0.0,
+        "task_options": {"digits_a": 2, "digits_b": 1, "train_size": 2, "test_size": 2},
+    }
     runs = {}
     for share in (False, True):
         result = HashRewardTrainer(small_config(tmp_path / str(share), share_prompts=share, **options)).run()

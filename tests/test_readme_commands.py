@@ -23,12 +23,39 @@ import pytest
 from tokrl.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SMALL = ["--sft-steps", "2", "--sft-batch-size", "4", "--prompts-per-step", "2", "--num-generations", "4",
-         "--max-new-tokens", "4", "--eval-size", "4", "--eval-batch-size", "4", "--num-threads", "1",
-         "--progress", "false", "--max-empty-steps", "0",
-         "--task-options", "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}"]  # fmt: skip
-STEPS = {"100": "4", "200": "6", "80": "5", "300": "7", "20": "1",
-         "runs/x/checkpoint-60": "runs/x/checkpoint-3", "runs/x/checkpoint-200": "runs/x/checkpoint-6"}  # fmt: skip
+SMALL = [
+    "--sft-steps",
+    "2",
+    "--sft-batch-size",
+    "4",
+    "--prompts-per-step",
+    "2",
+    "--num-generations",
+    "4",
+    "--max-new-tokens",
+    "4",
+    "--eval-size",
+    "4",
+    "--eval-batch-size",
+    "4",
+    "--num-threads",
+    "1",
+    "--progress",
+    "false",
+    "--max-empty-steps",
+    "0",
+    "--task-options",
+    "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
+]
+STEPS = {
+    "100": "4",
+    "200": "6",
+    "80": "5",
+    "300": "7",
+    "20": "1",
+    "runs/x/checkpoint-60": "runs/x/checkpoint-3",
+    "runs/x/checkpoint-200": "runs/x/checkpoint-6",
+}
 
 
 def readme_blocks(marker: str, language: str) -> list[str]:

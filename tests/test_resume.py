@@ -42,8 +42,16 @@ def test_meaning_changes_are_refused_listing_each(run_copy):
     with pytest.raises(ResumeError) as info:
         Trainer(config)
     message = str(info.value)
-    for text in ("algorithm: 's-grpo' -> 't-spmo'", "lr: 0.01 -> 0.5", "lora_r: 16 -> 8", "seed: 0 -> 7",
-                 "'digits_a': 2", "'digits_a': 3", "--overwrite", "another --output-dir"):  # fmt: skip
+    for text in (
+        "algorithm: 's-grpo' -> 't-spmo'",
+        "lr: 0.01 -> 0.5",
+        "lora_r: 16 -> 8",
+        "seed: 0 -> 7",
+        "'digits_a': 2",
+        "'digits_a': 3",
+        "--overwrite",
+        "another --output-dir",
+    ):
         assert text in message, (text, message)
     assert "steps" not in message.split("config;")[1].split("To continue")[0]  # unchanged fields are not listed
     assert snapshot(run_copy) == before
@@ -115,16 +123,39 @@ def test_full_disk_while_saving_is_one_error_and_leaves_no_temp(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(CheckpointError, match=r"no space left on the device while saving .*checkpoint-3"):
-        save_checkpoint(tmp_path, 3, model=FullDisk(), optimizer=None, scheduler=None, trainer_state={},
-                        algorithm_state={}, config={})  # fmt: skip
+        save_checkpoint(
+            tmp_path,
+            3,
+            model=FullDisk(),
+            optimizer=None,
+            scheduler=None,
+            trainer_state={},
+            algorithm_state={},
+            config={},
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 CLI_TINY = [
-    "--sft-steps", "0", "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "4",
-    "--eval-size", "4", "--eval-batch-size", "4", "--num-threads", "1", "--progress", "false",
-    "--task-options", "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
-]  # fmt: skip
+    "--sft-steps",
+    "0",
+    "--prompts-per-step",
+    "2",
+    "--num-generations",
+    "4",
+    "--max-new-tokens",
+    "4",
+    "--eval-size",
+    "4",
+    "--eval-batch-size",
+    "4",
+    "--num-threads",
+    "1",
+    "--progress",
+    "false",
+    "--task-options",
+    "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
+]
 
 
 def test_cli_resume_alone_uses_the_checkpoints_config(tmp_path, capsys, caplog):

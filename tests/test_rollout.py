@@ -73,9 +73,14 @@ def test_gather_rows_offsets_each_group_by_its_index():
     def selection(completion, units):
         k = len(completion)
         return GroupSelection(
-            torch.tensor(completion, dtype=torch.int64), torch.arange(k), torch.arange(k) + 7,
-            torch.ones(k), torch.full((k,), 2.0), norm_units=units, zero_std=k == 0,
-        )  # fmt: skip
+            torch.tensor(completion, dtype=torch.int64),
+            torch.arange(k),
+            torch.arange(k) + 7,
+            torch.ones(k),
+            torch.full((k,), 2.0),
+            norm_units=units,
+            zero_std=k == 0,
+        )
 
     rows = gather_rows([selection([1, 0], 2.0), selection([], 1.0), selection([3, 3, 2], 1.0)], group_size=4)
     assert rows.row.tolist() == [1, 0, 11, 11, 10]  # group g's completion c is rollout row g * 4 + c

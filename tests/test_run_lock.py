@@ -43,10 +43,17 @@ def test_release_and_tidy_removes_only_a_directory_it_created(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tokrl.run.run_lock import RunLock; lock = RunLock(sys.argv[1]); "
-         "lock.acquire(); print('locked', flush=True); time.sleep(600)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tokrl.run.run_lock import RunLock; lock = RunLock(sys.argv[1]); "
+            "lock.acquire(); print('locked', flush=True); time.sleep(600)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(OutputDirBusyError, match=f"pid {holder.pid} "):
         RunLock(tmp_path).acquire()
@@ -77,11 +84,36 @@ def test_two_processes_started_together_one_wins(tmp_path):
     out = tmp_path / "run"
     # A short warm start widens the window between the output-dir check and the first write, where the two
     # used to pass each other (both exited 0, metrics.jsonl held a corrupt line).
-    args = [sys.executable, "-m", "tokrl", "train", "--output-dir", str(out), "--sft-steps", "5", "--sft-batch-size",
-            "4", "--steps", "2",
-            "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "4", "--eval-size", "4",
-            "--eval-batch-size", "4", "--num-threads", "1", "--progress", "false", "--task-options",
-            "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "tokrl",
+        "train",
+        "--output-dir",
+        str(out),
+        "--sft-steps",
+        "5",
+        "--sft-batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--num-generations",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--eval-size",
+        "4",
+        "--eval-batch-size",
+        "4",
+        "--num-threads",
+        "1",
+        "--progress",
+        "false",
+        "--task-options",
+        "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"]
     outs = [p.communicate(timeout=600) for p in procs]

@@ -67,8 +67,13 @@ def _adapter(path):
 
 def test_interrupt_then_resume_is_bit_exact(tmp_path):
     # T-SPMO with replay on a 4-prompt train split: the replay buffer matters across the interruption.
-    overrides = {"algorithm": "t-spmo", "steps": 4, "replay_prob": 1.0, "task_options": {"digits_a": 2,
-                 "digits_b": 1, "train_size": 4, "test_size": 4}, "lora_dropout": 0.1}  # fmt: skip
+    overrides = {
+        "algorithm": "t-spmo",
+        "steps": 4,
+        "replay_prob": 1.0,
+        "task_options": {"digits_a": 2, "digits_b": 1, "train_size": 4, "test_size": 4},
+        "lora_dropout": 0.1,
+    }
     straight = HashRewardTrainer(small_config(tmp_path / "a", **overrides)).run()
 
     interrupted_trainer = HashRewardTrainer(small_config(tmp_path / "b", **overrides))
@@ -144,9 +149,14 @@ def test_gather_rows_normalises_over_the_batch():
     def selection(rows, units):
         k = len(rows)
         return GroupSelection(
-            completion=torch.tensor(rows), position=torch.arange(k), token=torch.full((k,), 7),
-            advantage=torch.ones(k), weight=torch.full((k,), 0.5), norm_units=units, zero_std=False,
-        )  # fmt: skip
+            completion=torch.tensor(rows),
+            position=torch.arange(k),
+            token=torch.full((k,), 7),
+            advantage=torch.ones(k),
+            weight=torch.full((k,), 0.5),
+            norm_units=units,
+            zero_std=False,
+        )
 
     rows = gather_rows([selection([0, 1], 2.0), selection([], 1.0), selection([3], 1.0)], group_size=4)
     assert rows.row.tolist() == [0, 1, 11]  # group 2, completion 3 -> rollout row 2 * 4 + 3

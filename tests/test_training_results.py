@@ -24,12 +24,24 @@ def _fake_run(root: Path, algorithm: str, before: float, after: float) -> Path:
     )
     records = [
         {"kind": "eval", "step": 0, "accuracy": before},
-        {"kind": "train", "step": 1, "selected_tokens": 3, "completion_len": 5.0, "frac_zero_std": 0.5,
-         "step_time_s": 0.1},
-        {"kind": "train", "step": 2, "selected_tokens": 5, "completion_len": 4.0, "frac_zero_std": 0.25,
-         "step_time_s": 0.3},
+        {
+            "kind": "train",
+            "step": 1,
+            "selected_tokens": 3,
+            "completion_len": 5.0,
+            "frac_zero_std": 0.5,
+            "step_time_s": 0.1,
+        },
+        {
+            "kind": "train",
+            "step": 2,
+            "selected_tokens": 5,
+            "completion_len": 4.0,
+            "frac_zero_std": 0.25,
+            "step_time_s": 0.3,
+        },
         {"kind": "eval", "step": 2, "accuracy": after},
-    ]  # fmt: skip
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     results = {"algorithm": algorithm, "eval_before": before, "eval_after": after, "wall_time_s": 12.3, "steps": 2}
     (run / "results.json").write_text(json.dumps(results))

@@ -115,10 +115,22 @@ def ref64_pg_loss(
     w = weight.detach().double().requires_grad_(True)  # [V, D]
     as64 = lambda t: None if t is None else t.detach().double()
     loss, logp, clipped = naive_pg_loss(
-        h, w, targets, as64(advantages), index, old_logp=as64(old_logp), ref_logp=as64(ref_logp),
-        weights=as64(weights), eps_low=eps_low, eps_high=eps_high, beta=beta, temperature=temperature,
-        softcap=softcap, logit_scale=logit_scale, reduction=reduction,
-    )  # fmt: skip
+        h,
+        w,
+        targets,
+        as64(advantages),
+        index,
+        old_logp=as64(old_logp),
+        ref_logp=as64(ref_logp),
+        weights=as64(weights),
+        eps_low=eps_low,
+        eps_high=eps_high,
+        beta=beta,
+        temperature=temperature,
+        softcap=softcap,
+        logit_scale=logit_scale,
+        reduction=reduction,
+    )
     upstream = torch.ones_like(loss) if grad_out is None else grad_out.double()
     gh, gw = torch.autograd.grad(loss, (h, w), upstream, allow_unused=True)
     gh = torch.zeros_like(h) if gh is None else gh

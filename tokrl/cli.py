@@ -58,8 +58,14 @@ def _config_errors() -> tuple[type[Exception], ...]:
     from tokrl.run.checkpoint import CheckpointError
 
     return (
-        ValueError, TypeError, FileNotFoundError, ConnectionError, ModelLoadError, CheckpointError, MissingExtraError
-    )  # fmt: skip
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        ConnectionError,
+        ModelLoadError,
+        CheckpointError,
+        MissingExtraError,
+    )
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
@@ -120,22 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     ev = sub.add_parser("eval", help="greedy accuracy@1 of a model on a task split", allow_abbrev=False)
     ev.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="'tiny', a local model directory or a hub id (default: the base model the --adapter records).",
-    )  # fmt: skip
+    )
     ev.add_argument("--adapter", default=None, help="A LoRA adapter directory (e.g. a checkpoint-N folder).")
     ev.add_argument(
-        "--task", default=None,
+        "--task",
+        default=None,
         help="Task name (default: the checkpoint's, the warm start's, else the preset's task).",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--task-options", default=None,
+        "--task-options",
+        default=None,
         help="Task options as YAML, e.g. '{digits_a: 2}', laid over the defaults' options of the same task.",
-    )  # fmt: skip
+    )
     ev.add_argument(
-        "--preset", default=None,
+        "--preset",
+        default=None,
         help=f"Where task defaults come from when no checkpoint or warm start gives them (default {DEFAULT_PRESET}).",
-    )  # fmt: skip
+    )
     ev.add_argument("--split", default="test", choices=["train", "test"])
     ev.add_argument("--limit", type=int, default=None, help="Evaluate the first N examples only.")
     ev.add_argument("--batch-size", type=int, default=64)
@@ -150,9 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="A `tokrl train` output_dir (holds metrics.jsonl).")
     pl.add_argument("--out", required=True, metavar="FILE.png", help="Picture to write (the suffix picks the format).")
     pl.add_argument(
-        "--smooth", type=int, default=0, metavar="N",
+        "--smooth",
+        type=int,
+        default=0,
+        metavar="N",
         help="Moving-average window in steps for per-step curves (0 = about 1/50 of the run, 1 = as logged).",
-    )  # fmt: skip
+    )
     pl.add_argument("--debug", action="store_true", help="Print the full traceback above an error's line.")
     sub.add_parser("env", help="print versions and devices (for bug reports)")
     return parser
@@ -223,8 +236,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume")
         return EXIT_INTERRUPTED
     delta = f" ({100 * (after - before):+.1f} points)" if before is not None and after is not None else ""
-    print(f"{config.algorithm} on {config.task}: accuracy {_pct(before)} -> {_pct(after)}{delta} after "
-          f"{result.steps} steps, {result.wall_time_s:.0f} s; results in {result.output_dir}/results.json")  # fmt: skip
+    print(
+        f"{config.algorithm} on {config.task}: accuracy {_pct(before)} -> {_pct(after)}{delta} after "
+        f"{result.steps} steps, {result.wall_time_s:.0f} s; results in {result.output_dir}/results.json"
+    )
     return 0
 
 
@@ -275,10 +290,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     try:
         result = evaluate(
-            model, task, task_options=options, adapter=args.adapter, split=args.split, limit=args.limit,
-            batch_size=args.batch_size, max_new_tokens=max_new_tokens,
-            device=str(resolve_device(args.device)), dtype=args.dtype, examples=args.examples,
-        )  # fmt: skip
+            model,
+            task,
+            task_options=options,
+            adapter=args.adapter,
+            split=args.split,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            max_new_tokens=max_new_tokens,
+            device=str(resolve_device(args.device)),
+            dtype=args.dtype,
+            examples=args.examples,
+        )
     except _config_errors() as err:
         return _fail(args, err)
     except _run_errors() as err:

@@ -59,6 +59,7 @@ logger = logging.getLogger("tokrl")
 
 __all__ = ["StalledRunError", "TrainResult", "Trainer", "train"]  # StalledRunError, TrainResult: their old home
 
+
 def train(
     config: TrainConfig | str | Path | None = None, *, preset: str | None = None, **overrides: Any
 ) -> TrainResult:
@@ -144,9 +145,14 @@ class Trainer:
             warm = None
             if distributed.is_main():
                 warm = sft_stage(
-                    c, self.task, self.output_dir, self.device, log=logger.info, replace=c.overwrite,
+                    c,
+                    self.task,
+                    self.output_dir,
+                    self.device,
+                    log=logger.info,
+                    replace=c.overwrite,
                     reuse_from=self.plan.source_run,
-                )  # fmt: skip
+                )
                 if warm != self.output_dir / SFT_DIR:
                     self.plan.pending_sft = warm  # swapped in by clear_earlier_run, once the run has started
             source = str(distributed.all_gather_object(warm)[0])
@@ -210,10 +216,15 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         c = self.config
         return evaluate(
-            self.model, self.task, tokenizer=self.tokenizer, limit=c.eval_size or None,
-            batch_size=c.eval_batch_size, max_new_tokens=c.generation.max_new_tokens, sharded=True,
+            self.model,
+            self.task,
+            tokenizer=self.tokenizer,
+            limit=c.eval_size or None,
+            batch_size=c.eval_batch_size,
+            max_new_tokens=c.generation.max_new_tokens,
+            sharded=True,
             sampler=c.generation.sampler,
-        )  # fmt: skip
+        )
 
     def save(self) -> Path:
         """Checkpoint (a collective: every rank calls it; rank 0 writes every rank's RNG state)."""
@@ -222,11 +233,17 @@ class Trainer:
         path = self.output_dir / f"checkpoint-{self.step}"
         if distributed.is_main():
             path = save_checkpoint(
-                self.output_dir, self.step, model=self.model, optimizer=self.update.optimizer,
+                self.output_dir,
+                self.step,
+                model=self.model,
+                optimizer=self.update.optimizer,
                 scheduler=self.update.scheduler,
-                trainer_state=self.state, algorithm_state=self.algorithm.state_dict(), config=c.to_dict(),
-                keep=c.save_total_limit, rng_states=states,
-            )  # fmt: skip
+                trainer_state=self.state,
+                algorithm_state=self.algorithm.state_dict(),
+                config=c.to_dict(),
+                keep=c.save_total_limit,
+                rng_states=states,
+            )
         distributed.barrier()  # no rank reads or moves on before the checkpoint is in place
         return path
 
@@ -291,9 +308,15 @@ class Trainer:
             build_reporters(c.report_to, self.output_dir, config=c.to_dict(), resume_step=self.step) if main else []
         )
         log = MetricsLog(
-            self.output_dir / METRICS_FILE, total=c.steps, initial=self.step, resume_step=self.step,
-            progress=c.progress, enabled=main, reporters=reporters, history=self.plan.metrics_history,
-        )  # fmt: skip
+            self.output_dir / METRICS_FILE,
+            total=c.steps,
+            initial=self.step,
+            resume_step=self.step,
+            progress=c.progress,
+            enabled=main,
+            reporters=reporters,
+            history=self.plan.metrics_history,
+        )
         finished = self._finished_eval()  # a resumed run that had already finished: nothing to redo
         with log, StopSignals() as stop:
             if self.state["eval_before"] is None:
@@ -324,10 +347,15 @@ class Trainer:
         else:
             saved_at = self._save_timed(start)  # also after a periodic save: the state now holds eval_after
         result = TrainResult(
-            eval_before=self.state["eval_before"], eval_after=eval_after, steps=self.step,
-            output_dir=self.output_dir, interrupted=interrupted, wall_time_s=self.state["wall_time_s"],
-            checkpoint=saved_at, metrics=last,
-        )  # fmt: skip
+            eval_before=self.state["eval_before"],
+            eval_after=eval_after,
+            steps=self.step,
+            output_dir=self.output_dir,
+            interrupted=interrupted,
+            wall_time_s=self.state["wall_time_s"],
+            checkpoint=saved_at,
+            metrics=last,
+        )
         if distributed.is_main():
             write_results(result, c, self.task.options, self.state["evals"])
         return result

@@ -11,10 +11,20 @@ from tokrl.algorithms.s_grpo import SGRPO
 from tokrl.algorithms.t_spmo import TSPMO
 
 EXPORTS = [
-    "register_algorithm", "get_algorithm", "available_algorithms", "Algorithm", "AlgoConfig", "Group",
-    "GroupSelection", "group_advantages", "sample_positions", "prefix_pairs", "PrefixPair", "ReplayBuffer",
+    "register_algorithm",
+    "get_algorithm",
+    "available_algorithms",
+    "Algorithm",
+    "AlgoConfig",
+    "Group",
+    "GroupSelection",
+    "group_advantages",
+    "sample_positions",
+    "prefix_pairs",
+    "PrefixPair",
+    "ReplayBuffer",
     "validate_rewards",
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("name", EXPORTS)

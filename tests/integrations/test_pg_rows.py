@@ -56,10 +56,15 @@ def test_pg_loss_rows_is_trl_loss(off_policy, bias_corrected, head):
         logp = z.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)  # [k] the current log-probs
     spread = torch.linspace(-3.0, 3.0, k)[torch.randperm(k)]  # f - l from -3 to 3: q from about 3 down to -3
     request = PGLossRequest(
-        advantages=torch.randn(k) * 2, old_logp=logp + 0.5 * torch.randn(k) if off_policy else None,
-        ref_logp=logp + spread, weights=torch.rand(k) + 0.1, eps_low=EPS_LOW, eps_high=EPS_HIGH, beta=beta,
+        advantages=torch.randn(k) * 2,
+        old_logp=logp + 0.5 * torch.randn(k) if off_policy else None,
+        ref_logp=logp + spread,
+        weights=torch.rand(k) + 0.1,
+        eps_low=EPS_LOW,
+        eps_high=EPS_HIGH,
+        beta=beta,
         ratio_weighted_kl=bias_corrected,
-    )  # fmt: skip
+    )
     out = pg_loss_rows(hidden, weight, targets, index, request, temperature=temperature, impl="torch", head=head)
     out.loss.backward()
     want_loss, want_dh, want_dw, want_logp, ratio = _reference(
@@ -80,9 +85,15 @@ def test_the_rewrite_keeps_signs_and_bounds():
     k = 64
     logp = -torch.rand(k) * 5
     request = PGLossRequest(
-        advantages=torch.randn(k), old_logp=logp + torch.randn(k), ref_logp=logp + 4 * torch.randn(k),
-        weights=torch.rand(k), eps_low=0.2, eps_high=0.2, beta=0.1, ratio_weighted_kl=True,
-    )  # fmt: skip
+        advantages=torch.randn(k),
+        old_logp=logp + torch.randn(k),
+        ref_logp=logp + 4 * torch.randn(k),
+        weights=torch.rand(k),
+        eps_low=0.2,
+        eps_high=0.2,
+        beta=0.1,
+        ratio_weighted_kl=True,
+    )
     advantages, weights, ref, constant = ratio_weighted_kl_inputs(request, logp)
     scale = weights / request.weights  # [k] m >= 1
     assert (scale >= 1 - 1e-6).all() and (scale > 1.5).any()

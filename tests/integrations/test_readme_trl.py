@@ -16,7 +16,6 @@ START, END = "<!-- trl-example -->", "<!-- /trl-example -->"
 HUB_MODEL = '"Qwen/Qwen2-0.5B-Instruct"'
 
 
-
 def example_code() -> str:
     text = README.read_text(encoding="utf-8")
     assert START in text and END in text, f"README.md has no {START} ... {END} section"

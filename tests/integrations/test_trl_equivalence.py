@@ -20,15 +20,27 @@ from tests.integrations.conftest import PROMPTS, digit_reward, grpo_args
 from tokrl.integrations.trl import TokrlGRPOTrainer
 
 TOL = 1e-6
-METRICS = ("entropy", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
-           "clip_ratio/low_min", "clip_ratio/high_max")  # fmt: skip
+METRICS = (
+    "entropy",
+    "kl",
+    "clip_ratio/low_mean",
+    "clip_ratio/high_mean",
+    "clip_ratio/region_mean",
+    "clip_ratio/low_min",
+    "clip_ratio/high_max",
+)
 
 
 def _trainers(tiny_path, tmp_path, mode, **overrides):
     args = grpo_args(tmp_path, **overrides)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    common = {"model": tiny_path, "reward_funcs": digit_reward, "args": args, "peft_config": lora,
-              "train_dataset": Dataset.from_dict({"prompt": PROMPTS})}  # fmt: skip
+    common = {
+        "model": tiny_path,
+        "reward_funcs": digit_reward,
+        "args": args,
+        "peft_config": lora,
+        "train_dataset": Dataset.from_dict({"prompt": PROMPTS}),
+    }
     plain = GRPOTrainer(**common)
     ours = TokrlGRPOTrainer(**common, tokrl_mode=mode, tokrl_impl="torch")
     with torch.no_grad():
@@ -53,11 +65,13 @@ def _batch(trainer, *, off_policy: bool) -> dict:
     prompt_ids = torch.randint(3, 99, (b, p)).masked_fill(prompt_mask == 0, 0)
     completion_ids = torch.randint(3, 99, (b, t)).masked_fill(completion_mask == 0, 0)
     inputs = {
-        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-        "completion_ids": completion_ids, "completion_mask": completion_mask,
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
         "advantages": torch.tensor([0.9, -1.1, 0.4, -0.3]) * (1 + torch.rand(4)),  # both signs
         "num_items_in_batch": completion_mask.sum().float(),
-    }  # fmt: skip
+    }
     with torch.no_grad():
         logps, _, _ = trainer._get_per_token_logps_and_entropies(
             trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1), t
@@ -128,7 +142,7 @@ PG_LOSS_CASES = [
         {"loss_type": "dr_grpo", "beta": 0.04, "use_bias_correction_kl": False, "temperature": 0.7},
         True,
         id="dr_grpo-kl-temperature",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -152,7 +166,8 @@ def test_pg_loss_mode_matches_trl(tiny_path, tmp_path, overrides, off_policy):
     assert path["loss"] == "tokrl_kernels.linear_pg_loss"
     # per optimizer step in TRL's log: the call's indicator x the 2 accumulation steps set by _trainers
     assert (ours._metrics["train"]["tokrl/loss_kernel_calls"], ours._metrics["train"]["tokrl/loss_fallbacks"]) == (
-        [2.0], [0.0]
+        [2.0],
+        [0.0],
     )
 
 

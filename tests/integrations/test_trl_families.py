@@ -45,8 +45,13 @@ def _lora(family, **extra):
 
 
 def _pair(path, tmp_path, mode, lora, **overrides):
-    common = {"model": path, "reward_funcs": digit_reward, "args": grpo_args(tmp_path, **overrides),
-              "peft_config": lora, "train_dataset": Dataset.from_dict({"prompt": PROMPTS})}  # fmt: skip
+    common = {
+        "model": path,
+        "reward_funcs": digit_reward,
+        "args": grpo_args(tmp_path, **overrides),
+        "peft_config": lora,
+        "train_dataset": Dataset.from_dict({"prompt": PROMPTS}),
+    }
     plain = GRPOTrainer(**common)
     ours = TokrlGRPOTrainer(**common, tokrl_mode=mode, tokrl_impl="torch")
     with torch.no_grad():
@@ -96,8 +101,13 @@ def test_logprob_mode_matches_trl_on_transformed_heads_and_moe(family, family_pa
 
 
 def _train(cls, path, tmp_path, **kwargs):
-    trainer = cls(model=path, reward_funcs=digit_reward, args=grpo_args(tmp_path, **kwargs.pop("overrides")),
-                  train_dataset=Dataset.from_dict({"prompt": PROMPTS}), **kwargs)  # fmt: skip
+    trainer = cls(
+        model=path,
+        reward_funcs=digit_reward,
+        args=grpo_args(tmp_path, **kwargs.pop("overrides")),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        **kwargs,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*use_tokrl_kernels.*")  # no silent fallback to TRL's loss
         trainer.train()
@@ -122,8 +132,14 @@ def test_moe_default_config_trains_as_trl(family, mode, family_paths, tmp_path):
     """Full fine-tuning, the routers included: the load-balancing loss reaches them as in TRL."""
     overrides = {"loss_type": "dapo", "beta": 0.04, "num_iterations": 2}
     _, reference = _train(GRPOTrainer, family_paths[family], tmp_path / "trl", overrides=overrides)
-    ours, logged = _train(TokrlGRPOTrainer, family_paths[family], tmp_path / "tokrl", overrides=overrides,
-                          tokrl_mode=mode, tokrl_impl="torch")  # fmt: skip
+    ours, logged = _train(
+        TokrlGRPOTrainer,
+        family_paths[family],
+        tmp_path / "tokrl",
+        overrides=overrides,
+        tokrl_mode=mode,
+        tokrl_impl="torch",
+    )
     assert all(entry["aux_loss"] > 0 for entry in reference)
     _assert_same_logs(logged, reference)
     if mode == "pg_loss":
@@ -145,10 +161,18 @@ def test_a_copy_of_the_untied_head_trains_as_trl(family_paths, tmp_path):
     """3 steps, a reference pass (adapter disabled: the original head) and reused generations, as plain TRL."""
     overrides = {"loss_type": "bnpo", "beta": 0.04, "num_iterations": 2}
     lora = _lora("llama", modules_to_save=["lm_head"])
-    plain, reference = _train(GRPOTrainer, family_paths["llama"], tmp_path / "trl", overrides=overrides,
-                              peft_config=lora)  # fmt: skip
-    ours, logged = _train(TokrlGRPOTrainer, family_paths["llama"], tmp_path / "tokrl", overrides=overrides,
-                          peft_config=lora, tokrl_mode="pg_loss", tokrl_impl="torch")  # fmt: skip
+    plain, reference = _train(
+        GRPOTrainer, family_paths["llama"], tmp_path / "trl", overrides=overrides, peft_config=lora
+    )
+    ours, logged = _train(
+        TokrlGRPOTrainer,
+        family_paths["llama"],
+        tmp_path / "tokrl",
+        overrides=overrides,
+        peft_config=lora,
+        tokrl_mode="pg_loss",
+        tokrl_impl="torch",
+    )
     _assert_same_logs(logged, reference)
     heads = [dict(t.model.named_parameters()) for t in (plain, ours)]
     name = next(n for n in heads[0] if "lm_head.modules_to_save" in n)

@@ -20,9 +20,14 @@ from tokrl.models.tokenizer import build_char_tokenizer
 
 def _trainer(tmp_path, model, cls=GRPOTrainer, **kwargs):
     overrides = kwargs.pop("overrides", {})
-    return cls(model=model, reward_funcs=digit_reward, args=grpo_args(tmp_path, **overrides),
-               train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=build_char_tokenizer(),
-               **kwargs)  # fmt: skip
+    return cls(
+        model=model,
+        reward_funcs=digit_reward,
+        args=grpo_args(tmp_path, **overrides),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=build_char_tokenizer(),
+        **kwargs,
+    )
 
 
 def _tiny(**config):
@@ -60,13 +65,19 @@ def test_head_bias_is_refused(tmp_path):
     ("lora", "wrapper"),
     [
         # a trainable copy of the tied embedding: the head would stay the raw (tied) weight
-        pytest.param(LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"]),
-                     "embed_tokens.*ModulesToSaveWrapper", id="copy-of-tied-embedding"),
+        pytest.param(
+            LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"]),
+            "embed_tokens.*ModulesToSaveWrapper",
+            id="copy-of-tied-embedding",
+        ),
         # LoRA on the tied embedding
-        pytest.param(LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]), "embed_tokens.*lora",
-                     id="lora-on-tied-embedding"),
+        pytest.param(
+            LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]),
+            "embed_tokens.*lora",
+            id="lora-on-tied-embedding",
+        ),
     ],
-)  # fmt: skip
+)
 def test_adapted_tied_embedding_is_refused(tmp_path, lora, wrapper):
     with pytest.raises(UnsupportedByTokrl, match=f"adapted LM head.*{wrapper}"):
         _trainer(tmp_path, _tiny(), cls=TokrlGRPOTrainer, peft_config=lora)
@@ -104,8 +115,14 @@ def test_bad_arguments_are_named(tmp_path):
 
 def test_the_path_taken_is_logged(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="tokrl.integrations.trl"):
-        _trainer(tmp_path, _tiny(), cls=TokrlGRPOTrainer, tokrl_mode="pg_loss", tokrl_impl="torch",
-                 overrides={"loss_type": "cispo"})  # fmt: skip
+        _trainer(
+            tmp_path,
+            _tiny(),
+            cls=TokrlGRPOTrainer,
+            tokrl_mode="pg_loss",
+            tokrl_impl="torch",
+            overrides={"loss_type": "cispo"},
+        )
     line = caplog.records[-1].getMessage()
     assert "tokrl_kernels.linear_logprob (impl=torch)" in line
     assert "fallback: loss_type='cispo'" in line

@@ -11,14 +11,27 @@ from trl import GRPOTrainer
 from tests.integrations.conftest import PROMPTS, digit_reward, grpo_args
 from tokrl.integrations.trl import TokrlGRPOTrainer
 
-LOGGED = ("loss", "grad_norm", "reward", "entropy", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean",
-          "clip_ratio/region_mean")  # fmt: skip
+LOGGED = (
+    "loss",
+    "grad_norm",
+    "reward",
+    "entropy",
+    "kl",
+    "clip_ratio/low_mean",
+    "clip_ratio/high_mean",
+    "clip_ratio/region_mean",
+)
 
 
 def _train(cls, tiny_path, tmp_path, **kwargs):
     overrides = kwargs.pop("overrides")
-    trainer = cls(model=tiny_path, reward_funcs=digit_reward, args=grpo_args(tmp_path, **overrides),
-                  train_dataset=Dataset.from_dict({"prompt": PROMPTS}), **kwargs)  # fmt: skip
+    trainer = cls(
+        model=tiny_path,
+        reward_funcs=digit_reward,
+        args=grpo_args(tmp_path, **overrides),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        **kwargs,
+    )
     trainer.train()
     return trainer, [entry for entry in trainer.state.log_history if "loss" in entry]
 
@@ -35,16 +48,20 @@ def _train(cls, tiny_path, tmp_path, **kwargs):
         pytest.param("pg_loss", {"loss_type": "bnpo", "num_iterations": 2, "epsilon": 0.02}, id="pg_loss-bnpo-clip"),
         # TRL's default bias-corrected KL with reused generations (the issue's 0 kernel calls / 4 fallbacks case)
         pytest.param("pg_loss", {"loss_type": "grpo", "beta": 0.04, "num_iterations": 2}, id="pg_loss-grpo-kl-reused"),
-        pytest.param("pg_loss", {"loss_type": "dapo", "beta": 0.04, "steps_per_generation": 2},
-                     id="pg_loss-dapo-kl-steps-per-generation"),
+        pytest.param(
+            "pg_loss",
+            {"loss_type": "dapo", "beta": 0.04, "steps_per_generation": 2},
+            id="pg_loss-dapo-kl-steps-per-generation",
+        ),
     ],
 )
 def test_three_steps_log_the_same_as_trl(tiny_path, tmp_path, mode, overrides):
     _, reference = _train(GRPOTrainer, tiny_path, tmp_path / "trl", overrides=overrides)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*use_tokrl_kernels.*")  # no silent fallback to TRL's loss
-        ours, logged = _train(TokrlGRPOTrainer, tiny_path, tmp_path / "tokrl", overrides=overrides,
-                              tokrl_mode=mode, tokrl_impl="torch")  # fmt: skip
+        ours, logged = _train(
+            TokrlGRPOTrainer, tiny_path, tmp_path / "tokrl", overrides=overrides, tokrl_mode=mode, tokrl_impl="torch"
+        )
     assert ours.tokrl_kernels_path["models"] == ("policy + reference" if "beta" in overrides else "policy")
     assert len(logged) == len(reference) == 3
     assert any(entry["loss"] != 0 for entry in reference) and all(entry["grad_norm"] > 0 for entry in reference[1:])
@@ -64,8 +81,9 @@ def test_fallbacks_are_counted_per_step_and_logged(tiny_path, tmp_path):
     the report says so with its counts, and TRL's logs carry tokrl/loss_fallbacks per optimizer step."""
     overrides = {"loss_type": "cispo", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
     with pytest.warns(UserWarning, match="loss_type='cispo'"):
-        ours, logged = _train(TokrlGRPOTrainer, tiny_path, tmp_path, overrides=overrides, tokrl_mode="pg_loss",
-                              tokrl_impl="torch")  # fmt: skip
+        ours, logged = _train(
+            TokrlGRPOTrainer, tiny_path, tmp_path, overrides=overrides, tokrl_mode="pg_loss", tokrl_impl="torch"
+        )
     path = ours.tokrl_kernels_path
     assert (path["loss_kernel_calls"], path["loss_fallbacks"]) == (0, 6)
     supported = "['bnpo', 'dapo', 'dr_grpo', 'grpo']"

@@ -45,8 +45,19 @@ def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9's default, stated to silence its warning
-    cmd = [sys.executable, "-m", "tokrl_kernels._aot", "--arch", "90", "--arch", "80", "--plain-only", "80",
-           "--json", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokrl_kernels._aot",
+        "--arch",
+        "90",
+        "--arch",
+        "80",
+        "--plain-only",
+        "80",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert out.exists(), f"the AOT sweep wrote no report (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
     print(proc.stdout)

@@ -90,8 +90,14 @@ def test_pytest_output_is_parsed():
     )
     result = gpu_check.parse_pytest(output, Path("."))
     assert result["counts"] == {"failed": 1, "passed": 11, "skipped": 3}
-    assert result["autotuned"] == [{"kernel": "_lse_split_kernel", "key": "(1536, 151936, 4096, False)",
-                                    "seconds": 2.31, "config": "BLOCK_M: 128, BLOCK_V: 128, num_warps: 8"}]  # fmt: skip
+    assert result["autotuned"] == [
+        {
+            "kernel": "_lse_split_kernel",
+            "key": "(1536, 151936, 4096, False)",
+            "seconds": 2.31,
+            "config": "BLOCK_M: 128, BLOCK_V: 128, num_warps: 8",
+        }
+    ]
     assert result["failures"] == ["FAILED tests/kernels/test_gpu_kernels.py::test_x - AssertionError"]
 
 
@@ -107,14 +113,26 @@ def test_cli_writes_to_out(tmp_path):
 
 def test_kernel_check_tiny_runs_end_to_end(tmp_path):
     out = tmp_path / "kernel.json"
-    cmd = [PY, str(BENCHMARKS / "kernel_check.py"), "--tiny", "--out", str(out), "--dtypes", "bf16/bf16,fp32/bf16",
-           "--heads", "frozen,trained"]  # fmt: skip
+    cmd = [
+        PY,
+        str(BENCHMARKS / "kernel_check.py"),
+        "--tiny",
+        "--out",
+        str(out),
+        "--dtypes",
+        "bf16/bf16,fp32/bf16",
+        "--heads",
+        "frozen,trained",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert [(c["dtypes"], c["head"]) for c in report["cases"]] == [
-        ("bf16/bf16", "frozen"), ("bf16/bf16", "trained"), ("fp32/bf16", "frozen"), ("fp32/bf16", "trained"),
-    ]  # fmt: skip
+        ("bf16/bf16", "frozen"),
+        ("bf16/bf16", "trained"),
+        ("fp32/bf16", "frozen"),
+        ("fp32/bf16", "trained"),
+    ]
     for case in report["cases"]:
         assert case["fwd_ms"] > 0 and case["fwd_bwd_ms"] > 0 and case["kernels_ms"]
         assert ("dW" in case["errors"]) == (case["head"] == "trained")
@@ -124,8 +142,18 @@ def test_kernel_check_tiny_runs_end_to_end(tmp_path):
 
 def test_benchmark_lease_subset_is_small():
     # `pytest benchmarks/test_linear_pg_loss.py -m lease` must pick a few cases (of 270), of the lease providers only.
-    cmd = [PY, "-m", "pytest", str(BENCHMARKS / "test_linear_pg_loss.py"), "-m", "lease", "--collect-only", "-q",
-           "-p", "no:cacheprovider"]  # fmt: skip
+    cmd = [
+        PY,
+        "-m",
+        "pytest",
+        str(BENCHMARKS / "test_linear_pg_loss.py"),
+        "-m",
+        "lease",
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=BENCHMARKS.parent)
     ids = [line for line in proc.stdout.splitlines() if "::" in line]
     assert proc.returncode == 0 and 0 < len(ids) <= 16, proc.stdout[-2000:]

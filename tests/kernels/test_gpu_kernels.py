@@ -43,9 +43,11 @@ def _pin_configs(monkeypatch):
     """Each autotuned kernel limited to its ladder's first low-precision config and its ieee config."""
     from tokrl_kernels import _backward_atomic, _backward_gemm, _configs, _lse_forward
 
-    for kernel, ladder in ((_lse_forward._lse_split_kernel, _configs.FORWARD),
-                           (_backward_gemm._dz_chunk_kernel, _configs.DZ),
-                           (_backward_atomic._backward_kernel, _configs.ATOMIC)):  # fmt: skip
+    for kernel, ladder in (
+        (_lse_forward._lse_split_kernel, _configs.FORWARD),
+        (_backward_gemm._dz_chunk_kernel, _configs.DZ),
+        (_backward_atomic._backward_kernel, _configs.ATOMIC),
+    ):
         monkeypatch.setattr(kernel, "configs", [ladder.low[0], *ladder.ieee])
 
 
@@ -59,9 +61,14 @@ def _inputs(dtype, n_rows, k, repeats):
         logp = linear_pg_loss(hidden, weight, targets, torch.zeros(k, device=dev), index, impl="torch").logp  # [k]
     offsets = (torch.rand(k, device=dev) - 0.5) * 1.2  # [k] ratios on both sides of both bounds
     return dict(
-        hidden=hidden, weight=weight, targets=targets, index=index, advantages=torch.randn(k, device=dev),
-        old_logp=logp + offsets, ref_logp=logp + 0.3 * torch.randn(k, device=dev),
-    )  # fmt: skip
+        hidden=hidden,
+        weight=weight,
+        targets=targets,
+        index=index,
+        advantages=torch.randn(k, device=dev),
+        old_logp=logp + offsets,
+        ref_logp=logp + 0.3 * torch.randn(k, device=dev),
+    )
 
 
 def _run(fn, x, train_head=True, softcap=None, **kw):
@@ -71,16 +78,28 @@ def _run(fn, x, train_head=True, softcap=None, **kw):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
-    out = fn(hidden, weight, x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
-             ref_logp=x["ref_logp"], beta=0.05, temperature=0.9, softcap=softcap, **kw)  # fmt: skip
+    out = fn(
+        hidden,
+        weight,
+        x["targets"],
+        x["advantages"],
+        x["index"],
+        old_logp=x["old_logp"],
+        ref_logp=x["ref_logp"],
+        beta=0.05,
+        temperature=0.9,
+        softcap=softcap,
+        **kw,
+    )
     out[0].backward()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - start
     return out[0].detach(), out[1].detach(), hidden.grad, weight.grad, peak
 
 
-@pytest.mark.parametrize("dtype,n_rows,k,repeats,variant,train_head,softcap", [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype,n_rows,k,repeats,variant,train_head,softcap", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_full_size_matches_twin(dtype, n_rows, k, repeats, variant, train_head, softcap, request):
     from tokrl_kernels import _backward_gemm
     from tokrl_kernels.triton_logprob import backward_variant
@@ -117,8 +136,17 @@ def test_few_rows_match_float64(dtype, _pin_configs):
     x = _inputs(dtype, 4096, 8, False)
     fast = _run(linear_pg_loss, x, impl="triton")
     naive = _run(naive_pg_loss, x)
-    ref = ref64_pg_loss(x["hidden"], x["weight"], x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
-                        ref_logp=x["ref_logp"], beta=0.05, temperature=0.9)  # fmt: skip
+    ref = ref64_pg_loss(
+        x["hidden"],
+        x["weight"],
+        x["targets"],
+        x["advantages"],
+        x["index"],
+        old_logp=x["old_logp"],
+        ref_logp=x["ref_logp"],
+        beta=0.05,
+        temperature=0.9,
+    )
     atol = ATOL[dtype]
     assert_close_to_ref(fast[1], naive[1], ref.logp, atol=atol, name="logp")
     assert_close_to_ref(fast[0], naive[0], ref.loss, atol=atol * max(1.0, ref.loss.abs().item()), name="loss")

@@ -93,8 +93,9 @@ def test_logprob_checks_too():
         linear_logprob(a["hidden"], a["weight"], torch.tensor([0, 1, 2, 99]), a["index"], impl="torch")
 
 
-@pytest.mark.parametrize("option,value,exc", [("softcap", -1.0, ValueError), ("logit_scale", "2", TypeError),
-                                              ("temperature", 0, ValueError)])  # fmt: skip
+@pytest.mark.parametrize(
+    "option,value,exc", [("softcap", -1.0, ValueError), ("logit_scale", "2", TypeError), ("temperature", 0, ValueError)]
+)
 def test_logprob_checks_the_logit_map(option, value, exc):
     a = _args()
     with pytest.raises(exc, match=f"^{option}: "):

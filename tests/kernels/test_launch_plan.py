@@ -26,8 +26,17 @@ def _by_kernel(k: int, **problem) -> dict[str, list[_aot.Launch]]:
 
 def test_row_bucket():
     assert [row_bucket(k) for k in (0, 1, 16, 17, 50, 64, 65, 4096, 4097, 10**6)] == [
-        16, 16, 16, 32, 64, 64, 128, 4096, 8192, 8192,
-    ]  # fmt: skip
+        16,
+        16,
+        16,
+        32,
+        64,
+        64,
+        128,
+        4096,
+        8192,
+        8192,
+    ]
 
 
 @pytest.mark.parametrize("kernel", AUTOTUNED)
@@ -38,8 +47,11 @@ def test_autotune_key_follows_the_row_bucket(kernel: str):
     assert key[50] == key[60] and key[3000] == key[4096], f"{kernel}: the key is not bucketed: {key}"
 
 
-@pytest.mark.parametrize("problem", [{}, {"features": True}, {"hidden_dtype": "fp32", "weight_dtype": "bf16"}],
-                         ids=["bf16", "bf16-features", "fp32-bf16"])  # fmt: skip
+@pytest.mark.parametrize(
+    "problem",
+    [{}, {"features": True}, {"hidden_dtype": "fp32", "weight_dtype": "bf16"}],
+    ids=["bf16", "bf16-features", "fp32-bf16"],
+)
 def test_row_counts_never_respecialise(problem: dict):
     # Triton compiles a new binary per specialisation (an int divisible by 16 or equal to 1, an aligned pointer).
     # For one kernel variant (same constexprs), no row count may add one: k = 1, 17, 50 and 4100 (two row blocks)
@@ -77,8 +89,18 @@ def test_validation_makes_no_host_sync_off_the_cpu(monkeypatch):
     x = _meta_inputs()
     index, _ = _validation.validate_logprob_inputs(x["hidden"], x["weight"], x["targets"], x["index"], 1.0)
     rows = torch.empty(4096, device="meta")
-    _validation.validate_pg_inputs(rows, rows, rows, rows, k=index.numel(), device=x["hidden"].device,
-                                   eps_low=0.2, eps_high=0.2, beta=0.1, reduction="sum")  # fmt: skip
+    _validation.validate_pg_inputs(
+        rows,
+        rows,
+        rows,
+        rows,
+        k=index.numel(),
+        device=x["hidden"].device,
+        eps_low=0.2,
+        eps_high=0.2,
+        beta=0.1,
+        reduction="sum",
+    )
     # The debug mode reads the range on the host (and so cannot run on meta tensors).
     monkeypatch.setenv(_validation.DEBUG_ENV, "1")
     with pytest.raises(RuntimeError, match="meta"):

@@ -49,38 +49,74 @@ class Case:
 # 32003 are neither powers of two nor multiples of any tile or split width.
 CASES = [
     ("base-fp32", Case(24, 40, 1003, 16), "the plain case: distinct rows, sum, trained head, clipping both sides"),
-    ("temp-kl-weights-mean", Case(24, 40, 1003, 16, temperature=0.7, beta=0.1, weights=True, reduction="mean"),
-     "every term of the loss at once: temperature, KL, per-row weights, the mean"),
-    ("repeats-none", Case(6, 72, 1003, 20, repeats=True, reduction="none"),
-     "repeated indices must add their dH; 'none' with a random upstream gradient tests per-row grads"),
+    (
+        "temp-kl-weights-mean",
+        Case(24, 40, 1003, 16, temperature=0.7, beta=0.1, weights=True, reduction="mean"),
+        "every term of the loss at once: temperature, KL, per-row weights, the mean",
+    ),
+    (
+        "repeats-none",
+        Case(6, 72, 1003, 20, repeats=True, reduction="none"),
+        "repeated indices must add their dH; 'none' with a random upstream gradient tests per-row grads",
+    ),
     ("index-none", Case(12, 40, 1003, None, beta=0.05), "index None selects all N rows (k = N)"),
     ("k-equals-n-permuted", Case(12, 40, 1003, 12, reduction="mean"), "k = N through a permutation, not arange"),
     ("single-row", Case(5, 40, 1003, 1), "k = 1 (Triton specialises the integer 1 as a constant)"),
     ("frozen-head", Case(16, 40, 1003, 9, train_head=False), "weight without grad: dH only, weight.grad stays None"),
     ("on-policy", Case(16, 40, 1003, 9, off_policy=False, temperature=1.5), "old_logp None: r = 1, REINFORCE"),
     ("strided-hidden", Case(16, 40, 1003, 9, strided=True), "hidden is a view with row stride != D"),
-    ("vocab-32003", Case(4, 72, 32003, 3, temperature=1.3, beta=0.1),
-     "a larger vocabulary: many vocab tiles and several forward splits to merge (few rows: interpreter cost)"),
-    ("bf16", Case(24, 40, 1003, 16, dtype=torch.bfloat16, temperature=0.7, beta=0.1, weights=True),
-     "bf16 inputs (upcast dot under the interpreter) with every loss term"),
-    ("bf16-vocab-32003-frozen", Case(4, 72, 32003, 2, dtype=torch.bfloat16, train_head=False, repeats=True),
-     "bf16 at the larger vocabulary, LoRA-style frozen head, a repeated row"),
-    ("fp16-repeats", Case(8, 40, 1003, 12, dtype=torch.float16, repeats=True, reduction="none"),
-     "fp16 inputs with repeated indices"),
+    (
+        "vocab-32003",
+        Case(4, 72, 32003, 3, temperature=1.3, beta=0.1),
+        "a larger vocabulary: many vocab tiles and several forward splits to merge (few rows: interpreter cost)",
+    ),
+    (
+        "bf16",
+        Case(24, 40, 1003, 16, dtype=torch.bfloat16, temperature=0.7, beta=0.1, weights=True),
+        "bf16 inputs (upcast dot under the interpreter) with every loss term",
+    ),
+    (
+        "bf16-vocab-32003-frozen",
+        Case(4, 72, 32003, 2, dtype=torch.bfloat16, train_head=False, repeats=True),
+        "bf16 at the larger vocabulary, LoRA-style frozen head, a repeated row",
+    ),
+    (
+        "fp16-repeats",
+        Case(8, 40, 1003, 12, dtype=torch.float16, repeats=True, reduction="none"),
+        "fp16 inputs with repeated indices",
+    ),
     # Logits ~ N(0, 2^2) scaled by 2: a soft-cap of 3 saturates many of them (tanh' ~ 0), the rest stay linear.
-    ("softcap-scale-kl", Case(24, 40, 1003, 16, temperature=0.7, beta=0.1, weights=True, softcap=3.0,
-                              logit_scale=2.0), "soft-cap and logit scale together, partly saturated, every loss term"),
-    ("softcap-gemma2-frozen", Case(12, 72, 1003, 20, repeats=True, softcap=30.0, reduction="none", train_head=False),
-     "Gemma-2's cap (30) with no head gradient, repeated rows, per-row gradients"),
-    ("granite-scale", Case(16, 40, 1003, 9, temperature=1.3, logit_scale=0.25),
-     "Granite's logits_scaling 4 as logit_scale 1/4 (a flat distribution), trained head"),
-    ("cohere-scale-frozen", Case(16, 40, 1003, 9, logit_scale=0.0625, train_head=False, off_policy=False),
-     "Cohere's logit_scale 0.0625, frozen head, on-policy"),
-    ("softcap-vocab-32003", Case(4, 72, 32003, 3, softcap=2.0, logit_scale=1.5),
-     "a cap below the logits' spread across several forward splits and many vocab tiles"),
-    ("softcap-bf16", Case(24, 40, 1003, 16, dtype=torch.bfloat16, temperature=0.7, softcap=4.0, logit_scale=0.5),
-     "bf16 inputs under a soft-cap and a scale"),
-]  # fmt: skip
+    (
+        "softcap-scale-kl",
+        Case(24, 40, 1003, 16, temperature=0.7, beta=0.1, weights=True, softcap=3.0, logit_scale=2.0),
+        "soft-cap and logit scale together, partly saturated, every loss term",
+    ),
+    (
+        "softcap-gemma2-frozen",
+        Case(12, 72, 1003, 20, repeats=True, softcap=30.0, reduction="none", train_head=False),
+        "Gemma-2's cap (30) with no head gradient, repeated rows, per-row gradients",
+    ),
+    (
+        "granite-scale",
+        Case(16, 40, 1003, 9, temperature=1.3, logit_scale=0.25),
+        "Granite's logits_scaling 4 as logit_scale 1/4 (a flat distribution), trained head",
+    ),
+    (
+        "cohere-scale-frozen",
+        Case(16, 40, 1003, 9, logit_scale=0.0625, train_head=False, off_policy=False),
+        "Cohere's logit_scale 0.0625, frozen head, on-policy",
+    ),
+    (
+        "softcap-vocab-32003",
+        Case(4, 72, 32003, 3, softcap=2.0, logit_scale=1.5),
+        "a cap below the logits' spread across several forward splits and many vocab tiles",
+    ),
+    (
+        "softcap-bf16",
+        Case(24, 40, 1003, 16, dtype=torch.bfloat16, temperature=0.7, softcap=4.0, logit_scale=0.5),
+        "bf16 inputs under a soft-cap and a scale",
+    ),
+]
 
 
 def _inputs(case: Case) -> dict:
@@ -96,8 +132,9 @@ def _inputs(case: Case) -> dict:
         index = torch.randperm(case.n_rows)[: case.k]  # [k]
     k = case.n_rows if index is None else index.numel()
     targets = torch.randint(0, case.vocab, (k,))  # [k]
-    logp64 = full_logits_logprob(hidden.double(), weight.double(), targets, index, case.temperature, case.softcap,
-                                 case.logit_scale)  # fmt: skip  # [k]
+    logp64 = full_logits_logprob(
+        hidden.double(), weight.double(), targets, index, case.temperature, case.softcap, case.logit_scale
+    )  # [k]
     cycle = torch.arange(k) % len(_OFFSETS)  # [k]
     advantages = _SIGNS[cycle] * (0.5 + torch.rand(k))  # [k] both signs
     offsets = _OFFSETS[cycle] + 0.02 * torch.rand(k, dtype=torch.float64)  # [k]
@@ -106,8 +143,17 @@ def _inputs(case: Case) -> dict:
     ref_logp = (logp64 + 0.3 * torch.randn(k, dtype=torch.float64)).float() if case.beta > 0 else None  # [k]
     weights = torch.rand(k) + 0.5 if case.weights else None  # [k]
     grad_out = torch.randn(k) if case.reduction == "none" else None  # [k] upstream of the per-row loss
-    return dict(hidden=hidden, weight=weight, targets=targets, index=index, advantages=advantages,
-                old_logp=old_logp, ref_logp=ref_logp, weights=weights, grad_out=grad_out)  # fmt: skip
+    return dict(
+        hidden=hidden,
+        weight=weight,
+        targets=targets,
+        index=index,
+        advantages=advantages,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        weights=weights,
+        grad_out=grad_out,
+    )
 
 
 def _run(fn, case: Case, x: dict):
@@ -121,9 +167,21 @@ def _run(fn, case: Case, x: dict):
     else:
         leaf = hidden_in = x["hidden"].detach().clone().requires_grad_(True)  # [N, D]
     weight = x["weight"].detach().clone().requires_grad_(case.train_head)
-    out = fn(hidden_in, weight, x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
-             ref_logp=x["ref_logp"], weights=x["weights"], beta=case.beta, temperature=case.temperature,
-             softcap=case.softcap, logit_scale=case.logit_scale, reduction=case.reduction)  # fmt: skip
+    out = fn(
+        hidden_in,
+        weight,
+        x["targets"],
+        x["advantages"],
+        x["index"],
+        old_logp=x["old_logp"],
+        ref_logp=x["ref_logp"],
+        weights=x["weights"],
+        beta=case.beta,
+        temperature=case.temperature,
+        softcap=case.softcap,
+        logit_scale=case.logit_scale,
+        reduction=case.reduction,
+    )
     loss, logp, clipped = out[0], out[1], out[2]
     loss.backward(x["grad_out"] if case.reduction == "none" else None)
     if case.strided:
@@ -137,10 +195,22 @@ def test_matches_float64(case: Case, impl: str):
     x = _inputs(case)
     fast = _run(lambda *a, **kw: linear_pg_loss(*a, **kw, impl=impl), case, x)
     same = _run(naive_pg_loss, case, x)
-    ref = ref64_pg_loss(x["hidden"], x["weight"], x["targets"], x["advantages"], x["index"], old_logp=x["old_logp"],
-                        ref_logp=x["ref_logp"], weights=x["weights"], beta=case.beta, temperature=case.temperature,
-                        softcap=case.softcap, logit_scale=case.logit_scale, reduction=case.reduction,
-                        grad_out=x["grad_out"])  # fmt: skip
+    ref = ref64_pg_loss(
+        x["hidden"],
+        x["weight"],
+        x["targets"],
+        x["advantages"],
+        x["index"],
+        old_logp=x["old_logp"],
+        ref_logp=x["ref_logp"],
+        weights=x["weights"],
+        beta=case.beta,
+        temperature=case.temperature,
+        softcap=case.softcap,
+        logit_scale=case.logit_scale,
+        reduction=case.reduction,
+        grad_out=x["grad_out"],
+    )
     atol = ATOL[case.dtype]
     loss, logp, clipped, grad_h, grad_w = fast
     assert logp.dtype == torch.float32 and loss.dtype == torch.float32
@@ -169,8 +239,17 @@ def test_empty_selection(impl: str, reduction: str, softcap, logit_scale):
     hidden = torch.randn(5, 40, requires_grad=True)
     weight = torch.randn(1003, 40, requires_grad=True)
     empty = torch.empty(0, dtype=torch.long)
-    out = linear_pg_loss(hidden, weight, empty, torch.empty(0), empty, reduction=reduction, softcap=softcap,
-                         logit_scale=logit_scale, impl=impl)  # fmt: skip
+    out = linear_pg_loss(
+        hidden,
+        weight,
+        empty,
+        torch.empty(0),
+        empty,
+        reduction=reduction,
+        softcap=softcap,
+        logit_scale=logit_scale,
+        impl=impl,
+    )
     assert out.logp.shape == (0,) and out.clipped.shape == (0,) and out.clipped.dtype == torch.bool
     assert out.loss.shape == ((0,) if reduction == "none" else ())
     out.loss.sum().backward()
@@ -207,8 +286,18 @@ def test_data_inputs_get_no_gradient(impl: str):
     data = {name: x[name].clone().requires_grad_(True) for name in ("advantages", "old_logp", "ref_logp", "weights")}
     hidden = x["hidden"].clone().requires_grad_(True)
     weight = x["weight"].clone().requires_grad_(True)
-    loss = linear_pg_loss(hidden, weight, x["targets"], data["advantages"], x["index"], old_logp=data["old_logp"],
-                          ref_logp=data["ref_logp"], weights=data["weights"], beta=0.1, impl=impl).loss  # fmt: skip
+    loss = linear_pg_loss(
+        hidden,
+        weight,
+        x["targets"],
+        data["advantages"],
+        x["index"],
+        old_logp=data["old_logp"],
+        ref_logp=data["ref_logp"],
+        weights=data["weights"],
+        beta=0.1,
+        impl=impl,
+    ).loss
     loss.backward()
     for name, t in data.items():
         assert t.grad is None, f"{name} got a gradient from impl={impl}; the documented contract is none"

@@ -38,8 +38,15 @@ def test_kernels_give_the_models_own_log_probs(name: str, impl: str):
     temperature = 0.7
     expected = torch.log_softmax(logits.reshape(-1, vocab) / temperature, -1).gather(1, targets[:, None])[:, 0]
     with torch.no_grad():
-        got = linear_logprob(flat, head, targets, temperature=temperature, softcap=family.softcap,
-                             logit_scale=family.logit_scale, impl=impl)  # fmt: skip
+        got = linear_logprob(
+            flat,
+            head,
+            targets,
+            temperature=temperature,
+            softcap=family.softcap,
+            logit_scale=family.logit_scale,
+            impl=impl,
+        )
         plain = linear_logprob(flat, head, targets, temperature=temperature, impl=impl)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     plain_err = (plain - expected).abs().max().item()
@@ -83,8 +90,9 @@ def test_tanh_fp32_within_a_few_ulp():
 def check_tanh_fp32(device: str, bound_ulp: float) -> None:
     """Both branches, their boundary (0.625), tiny and saturated arguments, and the specials."""
     grid = torch.linspace(-12.0, 12.0, 24001, dtype=torch.float64)
-    edges = torch.tensor([0.0, 1e-30, 1e-8, 1e-3, 0.3, 0.6249999, 0.625, 0.6250001, 0.9, 9.0, 44.0, 100.0, 1e30],
-                         dtype=torch.float64)  # fmt: skip
+    edges = torch.tensor(
+        [0.0, 1e-30, 1e-8, 1e-3, 0.3, 0.6249999, 0.625, 0.6250001, 0.9, 9.0, 44.0, 100.0, 1e30], dtype=torch.float64
+    )
     u = torch.cat([grid, edges, -edges]).float().to(device)  # [n] fp32
     specials = torch.tensor([math.inf, -math.inf, math.nan], device=device)
     x = torch.cat([u, specials])

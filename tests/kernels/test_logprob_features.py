@@ -45,21 +45,39 @@ class Case:
 CASES = [
     ("repeats-temp", Case(12, 40, 1003, 20, repeats=True, temperature=0.7), "repeated rows add dH, T != 1"),
     ("k-equals-n", Case(10, 72, 1003, None), "index None (k = N), D spans two D tiles"),
-    ("workspace-blocks", Case(16, 40, 1003, 20, repeats=True, small_workspace=True),
-     "the GEMM backward in 4 row blocks and 4 vocabulary chunks, the last one ragged"),
-    ("frozen-entropy-only", Case(12, 40, 1003, 9, train_head=False, grads="entropy", small_workspace=True),
-     "only the entropy feeds the loss (the log-prob gradient arrives as None); head frozen"),
+    (
+        "workspace-blocks",
+        Case(16, 40, 1003, 20, repeats=True, small_workspace=True),
+        "the GEMM backward in 4 row blocks and 4 vocabulary chunks, the last one ragged",
+    ),
+    (
+        "frozen-entropy-only",
+        Case(12, 40, 1003, 9, train_head=False, grads="entropy", small_workspace=True),
+        "only the entropy feeds the loss (the log-prob gradient arrives as None); head frozen",
+    ),
     ("logp-only", Case(12, 40, 1003, 9, grads="logp"), "entropy returned but unused: no entropy gradient term"),
     ("bf16", Case(12, 40, 1003, 16, repeats=True, dtype=torch.bfloat16, temperature=1.3), "bf16 operands"),
-    ("bf16-blocks", Case(16, 40, 1003, 40, repeats=True, dtype=torch.bfloat16, small_workspace=True),
-     "bf16 inputs through the GEMM backward's multi-row-block path (dW accumulated from a transposed operand)"),
-    ("softcap-scale", Case(12, 40, 1003, 20, repeats=True, temperature=0.7, softcap=3.0, logit_scale=2.0),
-     "the entropy and its gradient through a partly saturated soft-cap and a scale"),
-    ("softcap-blocks-frozen", Case(16, 40, 1003, 20, train_head=False, small_workspace=True, softcap=2.5,
-                                   grads="entropy"), "soft-cap slope in every row block and ragged chunk, frozen head"),
-    ("scale-bf16", Case(12, 40, 1003, 16, dtype=torch.bfloat16, logit_scale=0.25, softcap=1.0),
-     "bf16 operands with Granite's scale and a tight cap"),
-]  # fmt: skip
+    (
+        "bf16-blocks",
+        Case(16, 40, 1003, 40, repeats=True, dtype=torch.bfloat16, small_workspace=True),
+        "bf16 inputs through the GEMM backward's multi-row-block path (dW accumulated from a transposed operand)",
+    ),
+    (
+        "softcap-scale",
+        Case(12, 40, 1003, 20, repeats=True, temperature=0.7, softcap=3.0, logit_scale=2.0),
+        "the entropy and its gradient through a partly saturated soft-cap and a scale",
+    ),
+    (
+        "softcap-blocks-frozen",
+        Case(16, 40, 1003, 20, train_head=False, small_workspace=True, softcap=2.5, grads="entropy"),
+        "soft-cap slope in every row block and ragged chunk, frozen head",
+    ),
+    (
+        "scale-bf16",
+        Case(12, 40, 1003, 16, dtype=torch.bfloat16, logit_scale=0.25, softcap=1.0),
+        "bf16 operands with Granite's scale and a tight cap",
+    ),
+]
 
 
 def _inputs(case: Case):
@@ -112,8 +130,17 @@ def test_entropy_and_gradients_match_float64(case: Case, impl: str, variant: str
 
     def fast_fn(h, w, t, i):
         with backward_variant(variant):
-            return linear_logprob(h, w, t, i, temperature=case.temperature, softcap=case.softcap,
-                                  logit_scale=case.logit_scale, return_entropy=True, impl=impl)  # fmt: skip
+            return linear_logprob(
+                h,
+                w,
+                t,
+                i,
+                temperature=case.temperature,
+                softcap=case.softcap,
+                logit_scale=case.logit_scale,
+                return_entropy=True,
+                impl=impl,
+            )
 
     fast = _run(fast_fn, case, x)
     same = _run(_full_logits(case), case, x)

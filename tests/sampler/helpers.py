@@ -31,10 +31,19 @@ def prompts_with_replay(tokenizer) -> list[list[int]]:
 def qwen2_lora(tokenizer):
     """A small random Qwen2 (3 layers, GQA, not tied) wrapped with a LoRA whose B is non-zero, eval mode."""
     config = Qwen2Config(
-        vocab_size=104, hidden_size=64, intermediate_size=176, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, initializer_range=INIT_RANGE,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+        vocab_size=104,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        initializer_range=INIT_RANGE,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = apply_lora(Qwen2ForCausalLM(config), r=4, alpha=8, dropout=0.1)
@@ -64,10 +73,16 @@ def attention_sinks_model(tokenizer):
     """A tiny GPT-OSS (attention sinks, which the engine's attention does not implement): auto must fall
     back to HF generate for it."""
     config = GptOssConfig(
-        **{**FAMILY_COMMON, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
-           "layer_types": ["sliding_attention", "full_attention"], "rope_parameters": {"rope_type": "default",
-           "rope_theta": 10000.0}},
-    )  # fmt: skip
+        **{
+            **FAMILY_COMMON,
+            "head_dim": 16,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(2)
         model = AutoModelForCausalLM.from_config(config)

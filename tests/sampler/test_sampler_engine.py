@@ -120,9 +120,14 @@ def test_eos_ends_rows_and_early_exit_equals_running_to_the_end(tiny):
         end = next(i for i, t in enumerate(row) if t in eos)
         assert all(t == tok.pad_token_id for t in row[end + 1 :])  # nothing after EOS but padding
     out = SAMPLERS["tokrl"]().generate(
-        model, prompts, num_generations=8, max_new_tokens=40, options=SamplingOptions(do_sample=True),
-        eos_ids=eos, pad_id=tok.pad_token_id,
-    )  # fmt: skip
+        model,
+        prompts,
+        num_generations=8,
+        max_new_tokens=40,
+        options=SamplingOptions(do_sample=True),
+        eos_ids=eos,
+        pad_id=tok.pad_token_id,
+    )
     tokens, logps = out
     assert all(row[-1] in eos and not set(row[:-1]) & set(eos) for row in tokens)
     assert [len(lp) for lp in logps] == [len(t) for t in tokens]

@@ -56,8 +56,9 @@ def test_graphed_sampling_repeats_under_a_seed_and_buckets(on_gpu):
     assert all(run.sampler_graphed == 1.0 for run in runs)
     assert all(len(lp) == len(c) for lp, c in zip(runs[0].logprobs, runs[0].completions, strict=True))
     for cut in range(1, 4):  # other prompt lengths fall into the same row bucket and windows
-        sample_groups(model, tok, [p[cut:] for p in prompts], 4, max_new_tokens=20, temperature=0.9, top_p=0.95,
-                      sampler="tokrl")  # fmt: skip
+        sample_groups(
+            model, tok, [p[cut:] for p in prompts], 4, max_new_tokens=20, temperature=0.9, top_p=0.95, sampler="tokrl"
+        )
     graphs = cuda_graph.graphs_for(model.get_base_model(), cuda_graph.backend_for(DEVICE))
     options = SamplingOptions(do_sample=True, temperature=0.9, top_p=0.95)
     assert len([key for key in graphs.replays if key[0] == options]) == 1  # one row bucket, one window
@@ -115,9 +116,17 @@ def qwen2_1_5b():
     """The Qwen2-1.5B architecture, 2 layers, bf16: GQA 6:1, head dim 128, V = 151,936 (top-p sorts it every
     step), LoRA r=16 on q/k/v/o/gate/up/down with B drawn non-zero; 4 prompts of 24-31 random tokens."""
     config = Qwen2Config(
-        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=2, num_attention_heads=12,
-        num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6, attn_implementation="sdpa",
-    )  # fmt: skip
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=2,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(0)
     with torch.device(DEVICE):
         model = apply_lora(Qwen2ForCausalLM(config).to(torch.bfloat16), r=16, alpha=32, dropout=0.05).eval()
@@ -143,9 +152,16 @@ def test_qwen2_1_5b_architecture_bf16_lora_top_p_graphed_and_log_probs_match_a_f
 
 @pytest.mark.parametrize(
     ("name", "overrides"),
-    [("llama", {}), ("gemma2", {"sliding_window": 4, "initializer_range": 0.02}), ("phi3", {}), ("olmo2", {}),
-     ("qwen2-moe", {}), ("mixtral", {}), ("gpt2", {})],
-)  # fmt: skip
+    [
+        ("llama", {}),
+        ("gemma2", {"sliding_window": 4, "initializer_range": 0.02}),
+        ("phi3", {}),
+        ("olmo2", {}),
+        ("qwen2-moe", {}),
+        ("mixtral", {}),
+        ("gpt2", {}),
+    ],
+)
 def test_families_in_bf16_are_graphed_and_match_a_forward(name, overrides):
     base, tok = build_family_model(name, **overrides)
     model = with_lora(base.to(device=DEVICE, dtype=torch.bfloat16))

@@ -18,9 +18,14 @@ from tokrl.sampler.state import arena_for
 
 def _sample(model, tok, prompts, g, n):
     return SAMPLERS["tokrl"]().generate(
-        model, prompts, num_generations=g, max_new_tokens=n, options=SamplingOptions(do_sample=True),
-        eos_ids=[-1], pad_id=tok.pad_token_id,
-    )  # fmt: skip
+        model,
+        prompts,
+        num_generations=g,
+        max_new_tokens=n,
+        options=SamplingOptions(do_sample=True),
+        eos_ids=[-1],
+        pad_id=tok.pad_token_id,
+    )
 
 
 def test_calls_reuse_one_arena_and_prefill_only_the_distinct_prompts(monkeypatch):

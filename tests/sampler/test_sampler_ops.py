@@ -28,9 +28,14 @@ OPTIONS = SamplingOptions(do_sample=True, temperature=1.0, top_p=0.9)
 
 def _model(lora: bool) -> torch.nn.Module:
     config = Qwen2Config(
-        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
-    )  # fmt: skip
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     return (apply_lora(model, r=4, alpha=8, dropout=0.1, target_modules=PAPER_LORA_TARGETS) if lora else model).eval()

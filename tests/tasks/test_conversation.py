@@ -25,8 +25,10 @@ def chat_reward(completions, answer, **kwargs):
     """TRL's conversational contract: each completion is [{"role": "assistant", "content": text}]."""
     assert all(isinstance(c, list) and c[0]["role"] == "assistant" for c in completions), completions
     SEEN.extend(completions)
-    return [float(c[0]["content"].strip().startswith(str(a))) + 0.1 * len(c[0]["content"]) for c, a in
-            zip(completions, answer, strict=True)]  # fmt: skip
+    return [
+        float(c[0]["content"].strip().startswith(str(a))) + 0.1 * len(c[0]["content"])
+        for c, a in zip(completions, answer, strict=True)
+    ]
 
 
 def _dataset():
@@ -66,11 +68,19 @@ def test_two_rl_steps_on_a_conversational_dataset(tmp_path):
     data_path = tmp_path / "chats.jsonl"
     data_path.write_text("\n".join(json.dumps(row) for row in _dataset().to_list()))
     config = load_config(
-        output_dir=str(tmp_path / "run"), task="custom",
+        output_dir=str(tmp_path / "run"),
+        task="custom",
         task_options={"dataset": str(data_path), "reward": "tests.tasks.test_conversation:chat_reward", "test_size": 2},
-        sft_steps=0, steps=2, prompts_per_step=2, num_generations=4, max_new_tokens=4, eval_size=2,
-        eval_batch_size=2, progress=False, num_threads=1,
-    )  # fmt: skip
+        sft_steps=0,
+        steps=2,
+        prompts_per_step=2,
+        num_generations=4,
+        max_new_tokens=4,
+        eval_size=2,
+        eval_batch_size=2,
+        progress=False,
+        num_threads=1,
+    )
     result = Trainer(config).run()  # chat_reward (imported by path, so another module object) checks the shape
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]

@@ -31,14 +31,18 @@ FILES = [
     ("rows.csv", b'prompt,answer\n"1+1=,2\n2+2=,4\n', r"rows.csv': cannot be read as csv \(ParserError: .*EOF inside"),
     ("rows.csv", b"prompt,answer\n\xff\xfe1+1=,2\n", r"rows.csv', line 2: not UTF-8 text \(byte 0xff\)"),
     ("rows.csv", b"prompt,answer\n", r"rows.csv' has a header but no rows"),
-    ("rows.jsonl", b'{"prompt": "1+1=", "answer": "2"}\n{"prompt": "\xff", "answer": "1"}\n',
-     r"rows.jsonl', line 2: not UTF-8 text"),
+    (
+        "rows.jsonl",
+        b'{"prompt": "1+1=", "answer": "2"}\n{"prompt": "\xff", "answer": "1"}\n',
+        r"rows.jsonl', line 2: not UTF-8 text",
+    ),
     ("rows.parquet", b"PAR1 this is not parquet", r"rows.parquet': cannot be read as parquet \(ArrowInvalid: "),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("name", "data", "message"), FILES, ids=["unclosed-quote", "csv-latin1", "header-only",
-                                                                  "jsonl-latin1", "parquet"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "data", "message"), FILES, ids=["unclosed-quote", "csv-latin1", "header-only", "jsonl-latin1", "parquet"]
+)
 def test_unreadable_data_file_is_named(tmp_path, name, data, message):
     (tmp_path / name).write_bytes(data)
     with pytest.raises(ValueError, match=message):

@@ -25,8 +25,13 @@ def test_digit_counts_and_products(digits_a: int, digits_b: int) -> None:
 def test_defaults_and_options() -> None:
     task = get_task("multiplication")
     assert task.options == {
-        "template": "{prompt}=", "digits_a": 3, "digits_b": 3, "seed": 0, "train_size": 10_000, "test_size": 500
-    }  # fmt: skip
+        "template": "{prompt}=",
+        "digits_a": 3,
+        "digits_b": 3,
+        "seed": 0,
+        "train_size": 10_000,
+        "test_size": 500,
+    }
     assert (task.split("train").num_rows, task.split("test").num_rows) == (10_000, 500)
     assert task.reward_name == "multiplication_exact"
 

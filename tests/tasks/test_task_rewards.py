@@ -124,8 +124,15 @@ def test_final_integer(text: str, expected: int | None) -> None:
 def test_multiplication_exact() -> None:
     completions = ["56088", " 56088\n", "56089", "560880", "5608", "x=5, so 56088", "", "56088.0"]
     assert multiplication_exact(completions, answer=["56088"] * len(completions)) == [
-        1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-    ]  # fmt: skip
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
 
 
 def test_multiplication_exact_is_exact_beyond_float_precision() -> None:

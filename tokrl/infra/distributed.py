@@ -194,8 +194,13 @@ def report_failures(what: str) -> Iterator[None]:
         if is_distributed():
             logger.error(
                 "rank %d of %d failed during %s: %s: %s; shutting down the process group so the other ranks "
-                "stop (the launcher ends them)", rank(), world_size(), what, type(err).__name__, err,
-            )  # fmt: skip
+                "stop (the launcher ends them)",
+                rank(),
+                world_size(),
+                what,
+                type(err).__name__,
+                err,
+            )
             try:
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 (already broken: the original error is what matters)

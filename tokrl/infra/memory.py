@@ -30,7 +30,6 @@ def reset_peak_memory(device: torch.device) -> None:
         pass  # not Linux, or not permitted: the peak stays the process's lifetime peak (see the module doc)
 
 
-
 def peak_memory_mib(device: torch.device) -> float:
     """Peak memory in MiB since `reset_peak_memory(device)`: CUDA allocated bytes, else the process's RSS peak."""
     if device.type == "cuda":

@@ -165,9 +165,13 @@ class WandbReporter(Reporter):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(id_file, run_id + "\n")
         self._run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "tokrl"), name=self.output_dir.name, id=run_id,
-            resume="allow", dir=str(self.output_dir), config=dict(config),
-        )  # fmt: skip
+            project=os.environ.get("WANDB_PROJECT", "tokrl"),
+            name=self.output_dir.name,
+            id=run_id,
+            resume="allow",
+            dir=str(self.output_dir),
+            config=dict(config),
+        )
 
     def log(self, record: Mapping[str, Any]) -> None:
         self._run.log(scalars(record), step=int(record["step"]))

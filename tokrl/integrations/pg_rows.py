@@ -102,10 +102,21 @@ def pg_loss_rows(
     if ratio_weighted_kl:
         advantages, weights, ref, constant = ratio_weighted_kl_inputs(request, logp_now)
     out = linear_pg_loss(
-        flat, weight, targets, advantages, index,
-        old_logp=request.old_logp, ref_logp=ref, weights=weights,
-        eps_low=request.eps_low, eps_high=request.eps_high, beta=request.beta,
-        temperature=temperature, reduction="sum", impl=impl, **head.kernel_kwargs(),
-    )  # fmt: skip
+        flat,
+        weight,
+        targets,
+        advantages,
+        index,
+        old_logp=request.old_logp,
+        ref_logp=ref,
+        weights=weights,
+        eps_low=request.eps_low,
+        eps_high=request.eps_high,
+        beta=request.beta,
+        temperature=temperature,
+        reduction="sum",
+        impl=impl,
+        **head.kernel_kwargs(),
+    )
     loss = out.loss if constant is None else out.loss - constant
     return PGLossOutput(loss=loss, logp=out.logp, entropy=entropy.detach(), clipped=out.clipped)

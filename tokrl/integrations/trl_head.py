@@ -115,12 +115,19 @@ def patch_fused_head(model: PreTrainedModel, *, temperature: float, impl: str, w
 
     @functools.wraps(type(model).forward)  # generate() validates model kwargs against this signature
     def tokrl_fused_forward(
-        self, *args: Any, fused_lm_head: bool = False, labels=None, shift_labels=None, num_items_in_batch=None,
-        pg_loss: PGLossRequest | None = None, **kwargs: Any,
-    ):  # fmt: skip
+        self,
+        *args: Any,
+        fused_lm_head: bool = False,
+        labels=None,
+        shift_labels=None,
+        num_items_in_batch=None,
+        pg_loss: PGLossRequest | None = None,
+        **kwargs: Any,
+    ):
         if not fused_lm_head:
-            return inner_forward(*args, labels=labels, shift_labels=shift_labels,
-                                 num_items_in_batch=num_items_in_batch, **kwargs)  # fmt: skip
+            return inner_forward(
+                *args, labels=labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch, **kwargs
+            )
         kwargs["use_cache"] = False
         if output_router_logits_by_default:  # as the model's own forward and TRL's fused head do
             kwargs.setdefault("output_router_logits", True)
@@ -136,8 +143,7 @@ def patch_fused_head(model: PreTrainedModel, *, temperature: float, impl: str, w
         flat, index, targets, mask = _rows(hidden, labels, shift_labels)  # [B*L, D], [k], [k], [B, L']
         with torch.autocast(flat.device.type, enabled=False):
             if pg_loss is not None:
-                out = pg_loss_rows(flat, weight, targets, index, pg_loss, temperature=temperature, impl=impl,
-                                   head=head)  # fmt: skip
+                out = pg_loss_rows(flat, weight, targets, index, pg_loss, temperature=temperature, impl=impl, head=head)
                 out.aux_loss = aux_loss
                 return out
             logp, entropy = logprob_and_entropy(

@@ -42,8 +42,17 @@ from trl.trainer.utils import nanmax, nanmin
 from tokrl.integrations import loss_calls
 from tokrl.integrations.pg_rows import PGLossRequest
 
-_EXTRA_INPUTS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "token_type_ids",
-                 "mm_token_type_ids", "image_position_ids", "num_tiles", "spatial_shapes")  # fmt: skip
+_EXTRA_INPUTS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+    "num_tiles",
+    "spatial_shapes",
+)
 
 
 def _grpo(trainer: GRPOTrainer, mask: torch.Tensor, inputs: dict, accumulation: float) -> torch.Tensor:
@@ -68,8 +77,11 @@ def _dapo(trainer: GRPOTrainer, mask: torch.Tensor, inputs: dict, accumulation: 
 
 # loss_type -> per-token weight w [B, T]-broadcastable; the loss types linear_pg_loss expresses exactly.
 NORMALIZERS: dict[str, Callable[[GRPOTrainer, torch.Tensor, dict, float], torch.Tensor]] = {
-    "grpo": _grpo, "bnpo": _bnpo, "dr_grpo": _dr_grpo, "dapo": _dapo,
-}  # fmt: skip
+    "grpo": _grpo,
+    "bnpo": _bnpo,
+    "dr_grpo": _dr_grpo,
+    "dapo": _dapo,
+}
 
 
 def config_fallback_reason(trainer: GRPOTrainer) -> str | None:
@@ -77,14 +89,16 @@ def config_fallback_reason(trainer: GRPOTrainer) -> str | None:
     args = trainer.args
     checks = [
         (trainer.loss_type not in NORMALIZERS, f"loss_type={trainer.loss_type!r} (supported: {sorted(NORMALIZERS)})"),
-        (trainer.importance_sampling_level != "token",
-         f"importance_sampling_level={trainer.importance_sampling_level!r} (supported: 'token')"),
+        (
+            trainer.importance_sampling_level != "token",
+            f"importance_sampling_level={trainer.importance_sampling_level!r} (supported: 'token')",
+        ),
         (args.delta is not None, f"delta={args.delta} (two-sided clipping)"),
         (trainer.off_policy_mask_threshold is not None, "off_policy_mask_threshold (off-policy sequence mask)"),
         (trainer.top_entropy_quantile < 1.0, f"top_entropy_quantile={trainer.top_entropy_quantile} (entropy mask)"),
         (trainer.use_vllm and trainer.vllm_importance_sampling_correction, "vLLM importance-sampling correction"),
         (getattr(trainer, "_entropy_bonus_enabled", False), "an entropy bonus (entropy_coef / adaptive entropy)"),
-    ]  # fmt: skip
+    ]
     return next((reason for failed, reason in checks if failed), None)
 
 
@@ -171,8 +185,14 @@ def pg_compute_loss(trainer: GRPOTrainer, model: torch.nn.Module, inputs: dict, 
     )
     router = {"output_router_logits": True} if trainer.aux_loss_enabled else {}  # as TRL asks for it
     with trainer.accelerator.autocast():
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
-                    pg_loss=request, **router)  # fmt: skip
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            fused_lm_head=True,
+            pg_loss=request,
+            **router,
+        )
     _log_metrics(trainer, mask, request.advantages, out, request.old_logp, request.ref_logp, request)
     if not trainer.aux_loss_enabled:
         return out.loss

@@ -99,9 +99,7 @@ def check_base_model(model: str, adapter: str) -> None:
         )
 
 
-def load_with_adapter(
-    name: str, adapter: str | None, dtype: str | None, device: str
-) -> tuple[torch.nn.Module, Any]:
+def load_with_adapter(name: str, adapter: str | None, dtype: str | None, device: str) -> tuple[torch.nn.Module, Any]:
     """Model `name` and its tokenizer, with the LoRA `adapter` folder or hub id on it when given."""
     from peft import PeftModel
 
@@ -126,5 +124,3 @@ def load_with_adapter(
                 "damaged, or was trained on another model or with other LoRA settings"
             ) from err
     return model, tokenizer
-
-

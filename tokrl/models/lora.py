@@ -107,9 +107,13 @@ def apply_lora(
         return model
     check_lora_targets(model, target_modules)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=resolve_lora_targets(model, target_modules),
-        bias="none", task_type="CAUSAL_LM",
-    )  # fmt: skip
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=resolve_lora_targets(model, target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     check_lm_head_not_adapted(model)
     _check_peft_config(config, _head_module_names(model))
     with warnings.catch_warnings():  # peft's notes the user can do nothing about

@@ -113,8 +113,9 @@ def load_run(run_dir: str | Path) -> RunCurves:
             skipped.append(number)
     if skipped:
         shown = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
-        logger.warning("plot: skipped %d line(s) of %s that are not metrics records (line %s)", len(skipped), metrics,
-                       shown)  # fmt: skip
+        logger.warning(
+            "plot: skipped %d line(s) of %s that are not metrics records (line %s)", len(skipped), metrics, shown
+        )
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     if not train and not evals:
@@ -215,8 +216,16 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int = 
     summary = fig.add_subplot(grid[1, len(panels) - 3 :])  # the rest of the bottom row
     summary.axis("off")
     for i, run in enumerate(runs):
-        summary.text(0.0, 1.0 - i / max(len(runs), 3), _summary(run), transform=summary.transAxes, va="top",
-                     fontsize=10, family="monospace", color=colors[i % len(colors)])  # fmt: skip
+        summary.text(
+            0.0,
+            1.0 - i / max(len(runs), 3),
+            _summary(run),
+            transform=summary.transAxes,
+            va="top",
+            fontsize=10,
+            family="monospace",
+            color=colors[i % len(colors)],
+        )
     legend = {label: h for ax in fig.axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(list(legend.values()), list(legend), loc="outside upper right", ncols=len(legend))
     how = f"trailing moving average over {window} steps (faint: as logged)" if window > 1 else "as logged"

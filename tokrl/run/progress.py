@@ -25,8 +25,9 @@ class StallWatch:
         if record.get("reward_mean") is None or record["reward_mean"] != record["reward_mean"]:  # None or NaN
             logger.warning(
                 "step %d: the reward function %r returned None for every completion; nothing to learn from",
-                step, self.reward_name,
-            )  # fmt: skip
+                step,
+                self.reward_name,
+            )
         self.empty_steps = self.empty_steps + 1 if record.get("selected_tokens") == 0 else 0
         if self.limit and self.empty_steps >= self.limit:
             raise StalledRunError(

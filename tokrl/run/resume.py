@@ -63,7 +63,6 @@ SAFE_TO_CHANGE: frozenset[str] = frozenset(
 )
 
 
-
 class ResumeError(ValueError):
     """The checkpoint cannot be continued with this config (the message lists why and what to do)."""
 

@@ -122,8 +122,10 @@ class RunPlan:
         fsync_dir(self.output_dir)
         logger.warning(
             "resume: %s is older than %s; those (and the run's metrics and results as they were) are kept in %s",
-            self.checkpoint, ", ".join(p.name for p in self.superseded), folder,
-        )  # fmt: skip
+            self.checkpoint,
+            ", ".join(p.name for p in self.superseded),
+            folder,
+        )
         self.superseded = []
 
 

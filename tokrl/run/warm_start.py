@@ -90,9 +90,15 @@ def sft_stage(
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
     losses = supervised_warm_start(
-        model, tokenizer, task, steps=config.sft_steps, lr=config.sft_lr, batch_size=config.sft_batch_size,
-        seed=config.seed, impl=config.impl,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        task,
+        steps=config.sft_steps,
+        lr=config.sft_lr,
+        batch_size=config.sft_batch_size,
+        seed=config.seed,
+        impl=config.impl,
+    )
     tmp = Path(tempfile.mkdtemp(prefix=".sft.", dir=target.parent))
     try:
         model.save_pretrained(tmp)

@@ -33,9 +33,18 @@ NAME = "tokrl_sampler"
 # Keyword arguments layers pass that do not change the attention math (position bookkeeping, output flags).
 # Any other one that is set (not None or False) is refused rather than ignored.
 _IGNORED = frozenset(
-    {"position_ids", "cache_position", "output_attentions", "output_hidden_states", "output_router_logits",
-     "use_cache", "is_causal", "layer_idx", "attention_type"}
-)  # fmt: skip
+    {
+        "position_ids",
+        "cache_position",
+        "output_attentions",
+        "output_hidden_states",
+        "output_router_logits",
+        "use_cache",
+        "is_causal",
+        "layer_idx",
+        "attention_type",
+    }
+)
 
 
 class _QueryColumns:

@@ -185,8 +185,12 @@ class StepGraphs:
                 rows, window = key[-2:]
                 logger.warning(
                     "tokrl sampler: CUDA-graph capture failed for %s at %d rows x %d columns (%s); these decode "
-                    "steps run eagerly (sampler_graphed < 1)", type(body).__name__, rows, window, err,
-                )  # fmt: skip
+                    "steps run eagerly (sampler_graphed < 1)",
+                    type(body).__name__,
+                    rows,
+                    window,
+                    err,
+                )
             else:
                 self.replays[key] = replay
                 while len(self.replays) > MAX_GRAPHS:
@@ -232,13 +236,23 @@ def run_graphed(
     adapters = weights if weights is not None else adapter_copies(body)
     rows = row_bucket(len(prompts) * num_generations)
     state = start_state(
-        body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id, rows=rows, arena=graphs.arena,
+        body,
+        prompts,
+        num_generations,
+        max_new_tokens,
+        options,
+        eos_ids,
+        pad_id,
+        rows=rows,
+        arena=graphs.arena,
         overrides=adapters.copies,
-    )  # fmt: skip
+    )
     key = (options, tuple(eos_ids), pad_id, module_signature(body), adapters.version)
     stats, failed = DecodeStats(), set()
     decode_until_done(
-        state, max_new_tokens, CHECK_EVERY,
+        state,
+        max_new_tokens,
+        CHECK_EVERY,
         lambda: graphs.step(body, state, options, adapters.copies, key, stats, failed),
-    )  # fmt: skip
+    )
     return state, stats

@@ -62,9 +62,13 @@ def forward_logits(
     cache (which knows the columns [q] the inputs occupy)."""
     cache_name, takes_cache_position = forward_names(type(body))
     kwargs = {
-        "input_ids": ids, "position_ids": positions, "attention_mask": bias, "use_cache": True,
-        "logits_to_keep": 1, cache_name: cache,
-    }  # fmt: skip
+        "input_ids": ids,
+        "position_ids": positions,
+        "attention_mask": bias,
+        "use_cache": True,
+        "logits_to_keep": 1,
+        cache_name: cache,
+    }
     if takes_cache_position:
         kwargs["cache_position"] = cache.columns  # [q]
     with engine_attention(body), query_columns(cache.columns):

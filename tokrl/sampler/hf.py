@@ -22,9 +22,13 @@ def hf_generation_config(
 ) -> HFGenerationConfig:
     sampling = {"temperature": options.temperature, "top_p": options.top_p, "top_k": 0} if options.do_sample else {}
     return HFGenerationConfig(
-        max_new_tokens=max_new_tokens, eos_token_id=list(eos_ids), pad_token_id=pad_id, use_cache=True,
-        do_sample=options.do_sample, **sampling,
-    )  # fmt: skip
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(eos_ids),
+        pad_token_id=pad_id,
+        use_cache=True,
+        do_sample=options.do_sample,
+        **sampling,
+    )
 
 
 @register_sampler("hf")

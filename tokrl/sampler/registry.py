@@ -86,8 +86,9 @@ def resolve_sampler(name: str, model: torch.nn.Module) -> Sampler:
             return preferred
         if model not in _FALLBACK_LOGGED:
             _FALLBACK_LOGGED.add(model)
-            logger.warning("sampler auto: %s cannot run %s (%s); sampling with hf", preferred.name,
-                           type(model).__name__, reason)  # fmt: skip
+            logger.warning(
+                "sampler auto: %s cannot run %s (%s); sampling with hf", preferred.name, type(model).__name__, reason
+            )
         return SAMPLERS["hf"]()
     sampler = SAMPLERS[name]()
     reason = sampler.unsupported_reason(model)

@@ -91,9 +91,14 @@ def generate(
     try:
         for lo in range(0, len(prompts), per_call):
             tokens, logp = chosen.generate(
-                model, prompts[lo : lo + per_call], num_generations=num_generations,
-                max_new_tokens=max_new_tokens, options=options, eos_ids=eos, pad_id=pad,
-            )  # fmt: skip
+                model,
+                prompts[lo : lo + per_call],
+                num_generations=num_generations,
+                max_new_tokens=max_new_tokens,
+                options=options,
+                eos_ids=eos,
+                pad_id=pad,
+            )
             completions.extend(tokens)
             logprobs = logprobs + logp if logprobs is not None and logp is not None else None
     finally:
@@ -136,9 +141,16 @@ def sample_groups(
     """G sampled completions per prompt: rows g*G .. g*G + G - 1 belong to prompt g (the tokrl sampler
     prefills each prompt once and shares its cache across the G rows)."""
     return generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-        top_p=top_p, num_generations=num_generations, sampler=sampler,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        num_generations=num_generations,
+        sampler=sampler,
+    )
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Sequence[int]]) -> list[str]:

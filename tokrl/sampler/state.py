@@ -125,9 +125,13 @@ class Arena:
             return
         if self.layout is not None and (self.layout.layers, self.layout.dtype) == (need.layers, need.dtype):
             need = Layout(
-                max(need.rows, self.layout.rows), max(need.columns, self.layout.columns),
-                max(need.new_tokens, self.layout.new_tokens), need.layers, need.dtype, need.device,
-            )  # fmt: skip
+                max(need.rows, self.layout.rows),
+                max(need.columns, self.layout.columns),
+                max(need.new_tokens, self.layout.new_tokens),
+                need.layers,
+                need.dtype,
+                need.device,
+            )
         self.release()
         rows, columns = need.rows, round_up(need.columns, WINDOW_STEP)
         width, device = round_up(need.new_tokens, TOKENS_STEP), need.device
@@ -166,10 +170,19 @@ class Arena:
         eos = self.eos[key]
         cache = DecodeCache([k[:rows] for k in self.keys], [v[:rows] for v in self.values], b["column"])
         return DecodeState(
-            cache=cache, token=b["token"][:rows], position=b["position"][:rows], bias=b["bias"][:rows],
-            tokens=b["tokens"][:rows], logps=b["logps"][:rows], step=b["step"], done=b["done"][:rows], eos=eos,
-            pad=b["pad"], width=width, max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+            cache=cache,
+            token=b["token"][:rows],
+            position=b["position"][:rows],
+            bias=b["bias"][:rows],
+            tokens=b["tokens"][:rows],
+            logps=b["logps"][:rows],
+            step=b["step"],
+            done=b["done"][:rows],
+            eos=eos,
+            pad=b["pad"],
+            width=width,
+            max_new_tokens=max_new_tokens,
+        )
 
 
 _ARENAS: weakref.WeakKeyDictionary[torch.nn.Module, Arena] = weakref.WeakKeyDictionary()

@@ -120,8 +120,12 @@ class Collector:
 
     def _sample(self, step: int, rows: list[list[int]]) -> Rollout:
         c, g = self.config, self.config.generation.num_generations
-        options = {"max_new_tokens": c.generation.max_new_tokens, "temperature": c.generation.temperature,
-                   "top_p": c.generation.top_p, "sampler": c.generation.sampler}  # fmt: skip
+        options = {
+            "max_new_tokens": c.generation.max_new_tokens,
+            "temperature": c.generation.temperature,
+            "top_p": c.generation.top_p,
+            "sampler": c.generation.sampler,
+        }
         if not c.sample_per_prompt:
             torch.manual_seed(stream_seed(c.seed, step, -self.launch.rank))  # rank 0: step_seed(seed, step)
             return sample_groups(self.model, self.tokenizer, rows, g, **options)

@@ -148,10 +148,12 @@ def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch) -> to
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()  # [Lp, Lp]
     prefix = DynamicCache()
     hidden = decoder(
-        input_ids=batch.prompt_ids, position_ids=(batch.prompt_mask.cumsum(-1) - 1).clamp_min(0),
-        attention_mask=_additive_bias((causal[None] & real[:, None, :])[:, None], dtype), use_cache=True,
+        input_ids=batch.prompt_ids,
+        position_ids=(batch.prompt_mask.cumsum(-1) - 1).clamp_min(0),
+        attention_mask=_additive_bias((causal[None] & real[:, None, :])[:, None], dtype),
+        use_cache=True,
         **{cache_arg: prefix},
-    ).last_hidden_state  # fmt: skip  # [P, Lp, D]
+    ).last_hidden_state  # [P, Lp, D]
     flat = [hidden.reshape(-1, hidden.shape[-1])]  # [P * Lp, D]
     rows, cont_width = batch.ids.shape
     if rows and cont_width:
@@ -164,8 +166,11 @@ def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch) -> to
         )  # [B, Lc, Lp + Lc]
         positions = batch.prompt_mask.sum(-1)[batch.prompt_of_row][:, None] + torch.arange(cont_width, device=device)
         hidden = decoder(
-            input_ids=batch.ids, position_ids=positions, attention_mask=_additive_bias(visible[:, None], dtype),
-            use_cache=True, **{cache_arg: cache},
-        ).last_hidden_state  # fmt: skip  # [B, Lc, D]
+            input_ids=batch.ids,
+            position_ids=positions,
+            attention_mask=_additive_bias(visible[:, None], dtype),
+            use_cache=True,
+            **{cache_arg: cache},
+        ).last_hidden_state  # [B, Lc, D]
         flat.append(hidden.reshape(-1, hidden.shape[-1]))  # [B * Lc, D]
     return torch.cat(flat)  # [P * Lp + B * Lc, D]

@@ -125,9 +125,14 @@ def select(batch: RolloutBatch, algorithm: Algorithm, group_size: int) -> Select
     selections = [algorithm.process_group(g, s) for g, s in zip(batch.groups, batch.streams, strict=True)]
     out = batch.rollout
     local = RolloutShard(
-        batch.groups, [len(p) for p in batch.prefixes], [s.zero_std for s in selections], out.seconds,
-        out.generated_tokens, batch.peak_mem_mib, out.sampler_graphed,
-    )  # fmt: skip
+        batch.groups,
+        [len(p) for p in batch.prefixes],
+        [s.zero_std for s in selections],
+        out.seconds,
+        out.generated_tokens,
+        batch.peak_mem_mib,
+        out.sampler_graphed,
+    )
     shards = distributed.all_gather_object(local)  # rank order = global prompt order
     for shard in shards:  # every rank observes every group: identical algorithm state everywhere
         for group in shard.groups:

@@ -137,9 +137,13 @@ class UpdateResult:
     def stats(self) -> dict[str, Any]:
         """The metrics record's update keys, in its order."""
         return {
-            "loss": self.loss, "grad_norm": self.grad_norm, "clip_frac": self.clip_frac, "kl": self.kl,
-            "forward_tokens": self.forward_tokens, "update_peak_mem_mib": self.peak_mem_mib,
-        }  # fmt: skip
+            "loss": self.loss,
+            "grad_norm": self.grad_norm,
+            "clip_frac": self.clip_frac,
+            "kl": self.kl,
+            "forward_tokens": self.forward_tokens,
+            "update_peak_mem_mib": self.peak_mem_mib,
+        }
 
 
 class PolicyUpdate:
@@ -186,9 +190,14 @@ class PolicyUpdate:
     def for_run(cls, model: torch.nn.Module, config: TrainConfig, pad_id: int, device: torch.device) -> PolicyUpdate:
         """The update of a run: its loss and optimiser sections, its steps and sampling temperature."""
         return cls(
-            model, config.section(LossConfig), config.section(OptimConfig), steps=config.steps,
-            temperature=config.generation.temperature, pad_id=pad_id, device=device,
-        )  # fmt: skip
+            model,
+            config.section(LossConfig),
+            config.section(OptimConfig),
+            steps=config.steps,
+            temperature=config.generation.temperature,
+            pad_id=pad_id,
+            device=device,
+        )
 
     @property
     def lr(self) -> float:
@@ -292,19 +301,35 @@ class PolicyUpdate:
         set_training(self.model, True)  # LoRA dropout is active in the loss forward
         flat = self.forward.hidden(self.model, part.batch)  # [N, D]: b * L rows packed, fewer with shared prompts
         out = linear_pg_loss(
-            flat, self.head, part.targets, part.rows.advantage.to(self.device), part.index, old_logp=part.old_logp,
-            ref_logp=part.ref_logp, weights=part.rows.weight.to(self.device), eps_low=c.eps_low, eps_high=c.eps_high,
-            beta=c.beta, temperature=self.temperature, reduction="sum", impl=c.impl, **self.head_kwargs,
-        )  # fmt: skip
+            flat,
+            self.head,
+            part.targets,
+            part.rows.advantage.to(self.device),
+            part.index,
+            old_logp=part.old_logp,
+            ref_logp=part.ref_logp,
+            weights=part.rows.weight.to(self.device),
+            eps_low=c.eps_low,
+            eps_high=c.eps_high,
+            beta=c.beta,
+            temperature=self.temperature,
+            reduction="sum",
+            impl=c.impl,
+            **self.head_kwargs,
+        )
         out.loss.backward()  # a non-finite loss is caught after the gradient sum, before any update
         if first_iteration:
             part.old_logp = out.logp  # [k_j] fp32, detached: pi_old of later iterations
         no_ref = torch.zeros(1, device=self.device)
         delta = part.ref_logp - out.logp if part.ref_logp is not None else no_ref  # [k_j]
-        return torch.stack([
-            out.loss.detach().float(), out.clipped.float().sum(), (delta.exp() - delta - 1).sum().float(),
-            self.forward.tokens(part.batch).float(),
-        ])  # fmt: skip  # [4] TOTALS on the device: `apply` reads their sum once per iteration
+        return torch.stack(
+            [
+                out.loss.detach().float(),
+                out.clipped.float().sum(),
+                (delta.exp() - delta - 1).sum().float(),
+                self.forward.tokens(part.batch).float(),
+            ]
+        )  # [4] TOTALS on the device: `apply` reads their sum once per iteration
 
     def _peak_mib(self) -> float:
         """This update's peak memory, the largest over ranks."""

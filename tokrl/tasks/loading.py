@@ -101,9 +101,11 @@ def _load_dir(path: Path) -> datasets.Dataset | datasets.DatasetDict:
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
         return _reading(what, "with datasets.load_from_disk", datasets.load_from_disk, str(path))
     return _reading(
-        what, "as data files (expected files of one format and the same columns, e.g. train.jsonl and test.jsonl)",
-        datasets.load_dataset, str(path),
-    )  # fmt: skip
+        what,
+        "as data files (expected files of one format and the same columns, e.g. train.jsonl and test.jsonl)",
+        datasets.load_dataset,
+        str(path),
+    )
 
 
 def _reading(what: str, how: str, load: Any, *args: Any, **kwargs: Any) -> Any:
