@@ -33,7 +33,7 @@ from tokrl.config.loading import load_config
 from tokrl.config.schema import TrainConfig
 from tokrl.infra import distributed
 from tokrl.infra.memory import reset_peak_memory
-from tokrl.infra.reporting import build_reporters, check_reporters
+from tokrl.infra.reporting import check_reporters
 from tokrl.models.loading import load_model
 from tokrl.models.lora import apply_lora, trainable_parameter_count
 from tokrl.models.lora_targets import check_lora_targets_by_name
@@ -46,7 +46,7 @@ from tokrl.run.results import TrainResult, write_results
 from tokrl.run.resume import resume_config
 from tokrl.run.run_dir import METRICS_FILE, plan_run
 from tokrl.run.run_lock import RunLock
-from tokrl.run.warm_start import SFT_DIR, sft_stage
+from tokrl.run.warm_start import SFT_DIR, warm_start_source
 from tokrl.stages.collect import Collector
 from tokrl.stages.evaluate import evaluate
 from tokrl.stages.record import step_record
@@ -142,20 +142,9 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         source = c.model
         if c.sft_steps > 0:  # rank 0 warms up (or finds or copies its result); the others get its path
-            warm = None
-            if distributed.is_main():
-                warm = sft_stage(
-                    c,
-                    self.task,
-                    self.output_dir,
-                    self.device,
-                    log=logger.info,
-                    replace=c.overwrite,
-                    reuse_from=self.plan.source_run,
-                )
-                if warm != self.output_dir / SFT_DIR:
-                    self.plan.pending_sft = warm  # swapped in by clear_earlier_run, once the run has started
-            source = str(distributed.all_gather_object(warm)[0])
+            source, pending = warm_start_source(c, self.task, self.output_dir, self.device, self.plan.source_run)
+            if pending is not None:  # swapped in by clear_earlier_run, once the run has started
+                self.plan.pending_sft = pending
         torch.manual_seed(c.seed)  # LoRA initialisation
         model, self.tokenizer = load_model(source, dtype=c.dtype, device=self.device)
         if not checked:
@@ -303,25 +292,12 @@ class Trainer:
         c = self.config
         self._wall_before = float(self.state.get("wall_time_s", 0.0))
         last: dict[str, Any] = {}
-        main = distributed.is_main()
-        reporters = (
-            build_reporters(c.report_to, self.output_dir, config=c.to_dict(), resume_step=self.step) if main else []
-        )
-        log = MetricsLog(
-            self.output_dir / METRICS_FILE,
-            total=c.steps,
-            initial=self.step,
-            resume_step=self.step,
-            progress=c.progress,
-            enabled=main,
-            reporters=reporters,
-            history=self.plan.metrics_history,
-        )
+        log = MetricsLog.for_run(c, self.output_dir / METRICS_FILE, self.step, self.plan.metrics_history)
         finished = self._finished_eval()  # a resumed run that had already finished: nothing to redo
         with log, StopSignals() as stop:
             if self.state["eval_before"] is None:
                 self.state["eval_before"] = self._log_eval(log, "before", start)
-            while self.step < c.steps and not self._stop_agreed(stop.requested):
+            while self.step < c.steps and not distributed.any_rank(stop.requested):  # all ranks stop together
                 try:
                     last = self.train_step(self.step)
                 except RewardError as err:  # nothing of this step was applied: the last good step is saved
@@ -359,12 +335,6 @@ class Trainer:
         if distributed.is_main():
             write_results(result, c, self.task.options, self.state["evals"])
         return result
-
-    def _stop_agreed(self, requested: bool) -> bool:
-        """True when any rank got SIGINT/SIGTERM: all ranks stop after the same step."""
-        if self.launch.world_size == 1:
-            return requested
-        return bool(distributed.all_reduce_max(torch.tensor([float(requested)]))[0] > 0)
 
     def _save_timed(self, start: float) -> Path:
         """Checkpoint with wall_time_s = earlier processes' time + this process's time so far."""

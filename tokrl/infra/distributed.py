@@ -103,6 +103,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def any_rank(flag: bool) -> bool:
+    """True when `flag` is True on any rank (a collective in a multi-process run: every rank calls it)."""
+    if world_size() == 1:
+        return flag
+    return bool(all_reduce_max(torch.tensor([float(flag)]))[0] > 0)
+
+
 def init(device: torch.device, timeout_s: float) -> bool:
     """Join the launcher's process group (a no-op for one process or a group that already exists).
 

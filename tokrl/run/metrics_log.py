@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from tokrl.infra import distributed
 from tokrl.infra.atomic import write_lines_atomic
+from tokrl.infra.reporting import build_reporters
 
 if TYPE_CHECKING:
     from tokrl.infra.reporting import Reporter
@@ -92,6 +94,25 @@ class MetricsLog:
     enabled: False (ranks other than 0 of a multi-process run) writes nothing and shows no bar.
     reporters: backends that get every written record too (opened with the same resume_step); closed here.
     """
+
+    @classmethod
+    def for_run(cls, config: Any, path: Path, step: int, history: str | Path | None) -> MetricsLog:
+        """The metrics log of a run (`config`: its TrainConfig) starting or resuming at `step`: rank 0 writes it
+        and opens the report_to backends; the other ranks write nothing."""
+        main = distributed.is_main()
+        reporters = (
+            build_reporters(config.report_to, path.parent, config=config.to_dict(), resume_step=step) if main else []
+        )
+        return cls(
+            path,
+            total=config.steps,
+            initial=step,
+            resume_step=step,
+            progress=config.progress,
+            enabled=main,
+            reporters=reporters,
+            history=history,
+        )
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ trained on it, as they were. A run continued from another directory's checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,10 +23,13 @@ from typing import Any
 
 import torch
 
+from tokrl.infra import distributed
 from tokrl.infra.atomic import copy_tree_atomic, fsync_tree
 from tokrl.models.loading import load_model
 from tokrl.stages.warm_start import supervised_warm_start
 from tokrl.tasks import Task
+
+logger = logging.getLogger("tokrl")
 
 SFT_DIR = "sft"
 SFT_CONFIG = "sft_config.json"
@@ -116,3 +120,19 @@ def sft_stage(
     first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
     log(f"sft: {config.sft_steps} steps, loss {first:.3f} -> {last:.3f}, {seconds:.1f} s, saved to {destination}")
     return destination
+
+
+def warm_start_source(
+    config: Any, task: Task, output_dir: Path, device: torch.device, reuse_from: Path | None
+) -> tuple[str, Path | None]:
+    """(the model path the run starts from after its warm start, the warm start folder to swap into output_dir/sft
+    once the run has started, or None when it is already there or on ranks other than 0). A collective: rank 0
+    warms up, or finds or copies an earlier result (`reuse_from`: the run continued from), and every rank gets
+    its path."""
+    warm, pending = None, None
+    if distributed.is_main():
+        warm = sft_stage(
+            config, task, output_dir, device, log=logger.info, replace=config.overwrite, reuse_from=reuse_from
+        )
+        pending = warm if warm != output_dir / SFT_DIR else None
+    return str(distributed.all_gather_object(warm)[0]), pending
