@@ -126,7 +126,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One algorithm in this process: plain step times (`--mode time`) or the profile (`--mode profile`)."""
     import torch
 
-    from tokrl.metrics import MetricsLog
+    try:
+        from tokrl.run.metrics_log import MetricsLog
+    except ImportError:  # a tree from before tokrl/run/
+        from tokrl.metrics import MetricsLog
 
     with tempfile.TemporaryDirectory(prefix="profile-step-") as tmp:
         trainer = _build_trainer(args, Path(tmp))
