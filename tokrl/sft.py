@@ -7,6 +7,12 @@ the same path as the RL loss: final hidden states -> `linear_logprob` at the com
 [B, L, V] logits are never built. Learning rate: linear warmup over the first 10% of steps, then linear
 decay to 0.
 
+With `sft_target_accuracy` > 0 the warm start stops early, at the first check (every `sft_check_every` steps)
+where its greedy accuracy on the first `sft_check_size` training examples reaches the target. A fixed step count
+stops each seed wherever its learning curve happens to be: on the tiny model, 1,000 steps left five seeds between
+9% and 55% held-out, while 2,000 steps took them all to 87-97%, leaving RL little to do. Checks are greedy and draw
+no randomness, so a run's warm start with the target is the run without it, cut short.
+
 The result is written with `save_pretrained` (model and tokenizer) into `output_dir/sft/` (atomically,
 with `sft_config.json` describing what made it) and RL reloads it by path. A later run or a resume with
 the same settings finds it and skips the stage; different settings raise instead of mixing runs. Under
@@ -24,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tokrl.atomic import copy_tree_atomic, fsync_tree
+from tokrl.evaluate import evaluate
 from tokrl.head_transform import logit_transform
 from tokrl.models import hidden_states, lm_head_weight, load_model
 from tokrl.rollout import encode_prompts, eos_token_ids, pack_sequences
@@ -76,6 +84,38 @@ def sft_loss(
     return -logp.mean()
 
 
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """Stop the warm start once greedy accuracy on the first `size` training examples reaches `accuracy`,
+    checked every `every` steps (completions of up to `max_new_tokens`, sampled by `sampler`)."""
+
+    accuracy: float
+    every: int
+    size: int
+    max_new_tokens: int
+    sampler: str = "auto"
+
+    def check(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task) -> float:
+        """Greedy accuracy@1 on the check examples (the model is left in the mode it was in)."""
+        result = evaluate(
+            model, task, tokenizer=tokenizer, split="train", limit=self.size, batch_size=self.size,
+            max_new_tokens=self.max_new_tokens, sampler=self.sampler,
+        )  # fmt: skip
+        return float(result["accuracy"])
+
+
+@dataclass
+class WarmStartLog:
+    """What a warm start did: the loss of each step and the (step, accuracy) of each target check."""
+
+    losses: list[float] = field(default_factory=list)
+    checks: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+
 def supervised_warm_start(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -86,8 +126,9 @@ def supervised_warm_start(
     batch_size: int,
     seed: int,
     impl: str = "auto",
-) -> list[float]:
-    """Fine-tune every weight of `model` in place; returns the loss of each step."""
+    target: AccuracyTarget | None = None,
+) -> WarmStartLog:
+    """Fine-tune every weight of `model` in place for `steps` steps, or until `target` is reached."""
     prompts, completions = sft_examples(task, tokenizer)
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -96,8 +137,8 @@ def supervised_warm_start(
     schedule = lambda i: min((i + 1) / warmup, max(0.0, (steps - i) / max(steps - warmup, 1)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
-    losses: list[float] = []
-    for _ in range(steps):
+    log = WarmStartLog()
+    for step in range(1, steps + 1):
         pick = torch.randint(len(prompts), (batch_size,), generator=generator).tolist()  # [batch]
         loss = sft_loss(model, [prompts[i] for i in pick], [completions[i] for i in pick], tokenizer.pad_token_id, impl)
         optimizer.zero_grad(set_to_none=True)
@@ -105,14 +146,33 @@ def supervised_warm_start(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss.detach()))
+        log.losses.append(float(loss.detach()))
+        if target is not None and step % target.every == 0 and step < steps:
+            log.checks.append((step, target.check(model, tokenizer, task)))
+            if log.checks[-1][1] >= target.accuracy:
+                break
     model.eval()
-    return losses
+    return log
+
+
+def accuracy_target(config: Any) -> AccuracyTarget | None:
+    """The warm start's stopping target from `config` (None when sft_target_accuracy is 0)."""
+    if not config.sft_target_accuracy:
+        return None
+    sampler = config.generation.sampler
+    if sampler == "tokrl-merged":  # the warm start trains the plain model: no adapter to merge, the engine serves it
+        sampler = "tokrl"
+    return AccuracyTarget(
+        accuracy=config.sft_target_accuracy, every=config.sft_check_every, size=config.sft_check_size,
+        max_new_tokens=config.generation.max_new_tokens, sampler=sampler,
+    )  # fmt: skip
 
 
 def sft_settings(config: Any) -> dict[str, Any]:
     """The config fields that determine the warm-started weights."""
     keys = ("model", "task", "task_options", "seed", "sft_steps", "sft_lr", "sft_batch_size")
+    if config.sft_target_accuracy:  # only then, so warm starts cached before the target existed stay valid
+        keys += ("sft_target_accuracy", "sft_check_every", "sft_check_size")
     return {k: getattr(config, k) for k in keys}
 
 
@@ -168,16 +228,16 @@ def sft_stage(
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
-    losses = supervised_warm_start(
+    done = supervised_warm_start(
         model, tokenizer, task, steps=config.sft_steps, lr=config.sft_lr, batch_size=config.sft_batch_size,
-        seed=config.seed, impl=config.impl,
+        seed=config.seed, impl=config.impl, target=accuracy_target(config),
     )  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix=".sft.", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         seconds = time.perf_counter() - start
-        record = {"settings": settings, "losses": losses, "seconds": seconds}
+        record = {"settings": settings, "losses": done.losses, "checks": done.checks, "seconds": seconds}
         (tmp / SFT_CONFIG).write_text(json.dumps(record, indent=2))
         fsync_tree(tmp)
         if destination.exists():
@@ -186,6 +246,8 @@ def sft_stage(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
-    log(f"sft: {config.sft_steps} steps, loss {first:.3f} -> {last:.3f}, {seconds:.1f} s, saved to {destination}")
+    first, last = (done.losses[0], done.losses[-1]) if done.losses else (float("nan"), float("nan"))
+    reached = f" (check accuracy {done.checks[-1][1]:.3f})" if done.checks else ""
+    log(f"sft: {done.steps} of {config.sft_steps} steps{reached}, loss {first:.3f} -> {last:.3f}, {seconds:.1f} s, "
+        f"saved to {destination}")  # fmt: skip
     return destination
