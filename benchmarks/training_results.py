@@ -3,10 +3,11 @@
     python benchmarks/training_results.py outputs/tiny-multiplication-{t-spmo,s-grpo,grpo} \
         --out benchmarks/results/cpu-<date>-train-tiny-multiplication.json --note "2 cores, solo runs"
 
-Each run directory must hold `results.json` (written at the end of a run) and `metrics.jsonl`. Per run the
-JSON keeps results.json as written plus what the table needs from metrics.jsonl: mean selected and
-generated tokens per step, mean frac_zero_std, median step time and the eval curve (every eval record); from
-the resolved config the seed and thread count, and from `sft/sft_config.json` the warm start's steps and seconds.
+Each run directory must hold `results.json` (written at the end of a run) and `metrics.jsonl` (or, as committed
+runs keep it, `metrics.jsonl.gz`). Per run the JSON keeps results.json as written plus what the table needs from
+the metrics: mean selected and generated tokens per step, mean frac_zero_std, median step time and the eval curve
+(every eval record); from the resolved config the seed and thread count, and from `sft/sft_config.json` the warm
+start's steps and seconds.
 
 With several runs of one algorithm (seeds, thread counts) the table gives each algorithm's spread instead:
 min / median / max of the accuracy before and after, of the change and of the wall time.
@@ -15,6 +16,7 @@ min / median / max of the accuracy before and after, of the change and of the wa
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -29,11 +31,16 @@ import yaml
 def summarise_run(run_dir: Path) -> dict[str, Any]:
     """results.json of `run_dir` plus per-step means and the eval curve from its metrics.jsonl."""
     results_file, metrics_file = run_dir / "results.json", run_dir / "metrics.jsonl"
+    packed = metrics_file.with_name(metrics_file.name + ".gz")
+    if not metrics_file.is_file() and packed.is_file():
+        metrics_file = packed
     for needed in (results_file, metrics_file):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished `tokrl train` output_dir?")
     results = json.loads(results_file.read_text())
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    raw = metrics_file.read_bytes()
+    text = (gzip.decompress(raw) if metrics_file.suffix == ".gz" else raw).decode()
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     if not train:
         raise ValueError(f"{metrics_file} has no train records (was the run started with --log-every > steps?)")

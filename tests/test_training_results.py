@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def test_seeds_give_a_spread_table(collect, tmp_path, capsys):
     assert "| t-spmo | 3: 0×2, 1×2, 2×2 | 40.0% / 45.0% / 50.0% | 55.0% / 65.0% / 70.0% | " \
         "+15.0 points / +20.0 points / +20.0 points | 90 s / 100 s / 120 s |" in table
     assert "| grpo | 1: 0×2 | 50.0% / 50.0% / 50.0% |" in table
+    packed = runs[0] / "metrics.jsonl"
+    packed.with_name("metrics.jsonl.gz").write_bytes(gzip.compress(packed.read_bytes()))
+    packed.unlink()  # committed runs keep their metrics gzipped
     first = collect.summarise_run(runs[0])
     assert (first["seed"], first["num_threads"]) == (0, 2)
     assert (first["warm_start_steps"], first["warm_start_seconds"]) == (3, 4.5)
