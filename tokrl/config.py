@@ -238,24 +238,15 @@ SECTIONS: dict[str, str] = {"generation": "", "lora": "lora_", "algo": ""}
 DEFAULT_PRESET = "tiny-multiplication"
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded default: a ~100-character-vocabulary tiny model on 3-digit x 1-digit products, on CPU.
+    # The embedded default: a tiny model (264-token character vocabulary) on 3-digit x 1-digit products, on CPU.
     # 3x1 has ~9,000 pairs, too many for the tiny model to memorise, so what RL teaches on the training split
-    # carries over to held-out products (on 2x1 the model memorises and held-out accuracy barely moves).
-    # The model has no pretrained weights, so a supervised warm start leaves it partly right first.
-    # Answers are at most 4 digits + EOS, hence max_new_tokens 5 (a longer completion is wrong anyway).
-    # T-SPMO replay is off here: G completions of a 4-digit answer already branch inside it, so replay adds
-    # no credit plain groups lack, while its prefixed rows need padding that makes a CPU step ~50% slower.
-    # Measured, T-SPMO at 1800 steps from 26.6%: replay_prob 0.5 (max_new_tokens 6) -> 41.0% held-out,
-    # replay_prob 0 (max_new_tokens 5) -> 44.8%. Replay is for long answers (the paper's 3x3 digits on
-    # Qwen2-1.5B); pass --replay-prob 0.5 to use it here.
-    # S-GRPO: alpha 2 with max_tokens 4 = 2 * alpha, the ratio of the paper's defaults (25 / 50), and the
-    # paper's sequential rule with keep_prob 0.75. Answers here are at most 5 tokens, and more selected tokens
-    # measured better: max_tokens 3 -> +14.0 points vs 4 -> +18.0 under the spread rule (2026-11-25, 1600
-    # steps); sequential with keep_prob 0.5 (3.4 tokens per completion) -> +14.6 at 1600 steps (2026-11-30).
-    # keep_prob 0.75 selects 3.8 per completion on average, about what the spread rule selected (3.7).
-    # 1800 RL steps (2026-11-30): T-SPMO's reward was still rising at 1600 steps (55.0% -> 71.8%, +16.8 points),
-    # and the tokrl sampler made its step ~0.14 s; S-GRPO and GRPO steps cost ~0.26 s (their loss forward
-    # covers far more rows), so 1800 keeps S-GRPO under 10 minutes with room to spare.
+    # carries over to held-out products. The model has no pretrained weights: a supervised warm start makes it
+    # partly right first, and stops once greedy accuracy on 256 training products reaches 50% (a fixed step
+    # count left seeds 9%-55% held-out). Answers are at most 4 digits + EOS, hence max_new_tokens 5.
+    # T-SPMO runs without replay: G completions of a 4-digit answer already branch inside it. S-GRPO: the
+    # paper's sequential rule, alpha 2, max_tokens 4, keep_prob 0.75 (answers have at most 5 tokens).
+    # share_prompts and LoRA dropout 0 make a step 0.65-0.83x as long; 1,500 RL steps keep every seed measured
+    # above +15 points. The measurements behind each value: benchmarks/NOTES.md, "The embedded default's preset".
     "tiny-multiplication": {
         "model": "tiny",
         "task": "multiplication",
@@ -264,7 +255,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "device": "cpu",
         "dtype": "float32",
         "num_threads": 2,
-        "steps": 1800,
+        "steps": 1500,
         "prompts_per_step": 64,
         "num_generations": 8,
         "max_new_tokens": 5,
@@ -272,10 +263,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_grad_norm": 1.0,
         "lora_r": 16,
         "lora_alpha": 32.0,
-        "lora_dropout": 0.05,
-        "sft_steps": 1000,
+        "lora_dropout": 0.0,
+        "share_prompts": True,
+        "sft_steps": 2000,
         "sft_lr": 3e-3,
         "sft_batch_size": 64,
+        "sft_target_accuracy": 0.5,
+        "eval_every": 100,
         "eval_size": 500,
         "eval_batch_size": 500,
         "replay_prob": 0.0,
