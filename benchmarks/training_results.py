@@ -3,14 +3,20 @@
     python benchmarks/training_results.py outputs/tiny-multiplication-{t-spmo,s-grpo,grpo} \
         --out benchmarks/results/cpu-<date>-train-tiny-multiplication.json --note "2 cores, solo runs"
 
-Each run directory must hold `results.json` (written at the end of a run) and `metrics.jsonl`. Per run the
-JSON keeps results.json as written plus what the table needs from metrics.jsonl: mean selected and
-generated tokens per step, mean frac_zero_std, median step time and the eval curve (every eval record).
+Each run directory must hold `results.json` (written at the end of a run) and `metrics.jsonl` (or, as committed
+runs keep it, `metrics.jsonl.gz`). Per run the JSON keeps results.json as written plus what the table needs from
+the metrics: mean selected and generated tokens per step, mean frac_zero_std, median step time and the eval curve
+(every eval record); from the resolved config the seed and thread count, and from `sft/sft_config.json` the warm
+start's steps and seconds.
+
+With several runs of one algorithm (seeds, thread counts) the table gives each algorithm's spread instead:
+min / median / max of the accuracy before and after, of the change and of the wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -25,11 +31,16 @@ import yaml
 def summarise_run(run_dir: Path) -> dict[str, Any]:
     """results.json of `run_dir` plus per-step means and the eval curve from its metrics.jsonl."""
     results_file, metrics_file = run_dir / "results.json", run_dir / "metrics.jsonl"
+    packed = metrics_file.with_name(metrics_file.name + ".gz")
+    if not metrics_file.is_file() and packed.is_file():
+        metrics_file = packed
     for needed in (results_file, metrics_file):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} is missing: is {run_dir} a finished `tokrl train` output_dir?")
     results = json.loads(results_file.read_text())
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    raw = metrics_file.read_bytes()
+    text = (gzip.decompress(raw) if metrics_file.suffix == ".gz" else raw).decode()
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     if not train:
         raise ValueError(f"{metrics_file} has no train records (was the run started with --log-every > steps?)")
@@ -42,16 +53,60 @@ def summarise_run(run_dir: Path) -> dict[str, Any]:
         "train_records": len(train),
     }
     curve = [{"step": r["step"], "accuracy": r["accuracy"]} for r in records if r["kind"] == "eval"]
-    return {**results, **per_step, "eval_curve": curve}
+    config = _resolved_config(run_dir)
+    run = {"seed": config.get("seed"), "num_threads": config.get("num_threads"), **_warm_start(run_dir)}
+    return {**results, **per_step, **run, "eval_curve": curve}
 
 
-def _completions_per_step(run_dir: Path) -> int:
-    """prompts_per_step x num_generations from the resolved config saved with the final checkpoint."""
+def _resolved_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config saved with the final checkpoint."""
     configs = sorted(run_dir.glob("checkpoint-*/config.yaml"), key=lambda p: int(p.parent.name.split("-")[1]))
     if not configs:
         raise FileNotFoundError(f"no checkpoint-*/config.yaml in {run_dir}: the resolved config is needed")
-    config = yaml.safe_load(configs[-1].read_text())
+    return yaml.safe_load(configs[-1].read_text())
+
+
+def _completions_per_step(run_dir: Path) -> int:
+    """prompts_per_step x num_generations from the resolved config."""
+    config = _resolved_config(run_dir)
     return int(config["prompts_per_step"]) * int(config["generation"]["num_generations"])
+
+
+def _warm_start(run_dir: Path) -> dict[str, Any]:
+    """Steps and seconds of the run's warm start ({} when it had none)."""
+    record = run_dir / "sft" / "sft_config.json"
+    if not record.is_file():
+        return {}
+    data = json.loads(record.read_text())
+    return {"warm_start_steps": len(data.get("losses", [])), "warm_start_seconds": data.get("seconds")}
+
+
+def _spread(values: list[float], unit: str, digits: int = 1, sign: str = "") -> str:
+    """'min / median / max' of `values`, each with `unit` (sign '+': signed)."""
+    trio = (min(values), statistics.median(values), max(values))
+    return " / ".join(f"{v:{sign}.{digits}f}{unit}" for v in trio)
+
+
+def spread_table(runs: list[dict[str, Any]]) -> str:
+    """One row per algorithm over its runs: min / median / max of before, after, change and wall time."""
+    lines = [
+        "| algorithm | runs (seed × threads) | held-out before | after | change | wall time |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    by_algorithm: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_algorithm.setdefault(run["algorithm"], []).append(run)
+    for algorithm, group in by_algorithm.items():
+        which = ", ".join(f"{r.get('seed')}×{r.get('num_threads')}" for r in group)
+        before = [100 * r["eval_before"] for r in group]
+        after = [100 * r["eval_after"] for r in group]
+        change = [b - a for a, b in zip(before, after, strict=True)]
+        wall = [r["wall_time_s"] for r in group]
+        lines.append(
+            f"| {algorithm} | {len(group)}: {which} | {_spread(before, '%')} | {_spread(after, '%')} | "
+            f"{_spread(change, ' points', sign='+')} | {_spread(wall, ' s', 0)} |"
+        )
+    return "\n".join(lines)
 
 
 def markdown_table(runs: list[dict[str, Any]]) -> str:
@@ -89,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.out:
         args.out.write_text(json.dumps(data, indent=2) + "\n")
-    print(markdown_table(data["runs"]))
+    several = len({r["algorithm"] for r in data["runs"]}) < len(data["runs"])
+    print(spread_table(data["runs"]) if several else markdown_table(data["runs"]))
     return 0
 
 

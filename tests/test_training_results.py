@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -16,11 +17,13 @@ def collect():
     return load_benchmark_script("training_results")
 
 
-def _fake_run(root: Path, algorithm: str, before: float, after: float) -> Path:
-    run = root / algorithm
+def _fake_run(
+    root: Path, algorithm: str, before: float, after: float, seed: int = 0, wall: float = 12.3, name: str = ""
+) -> Path:
+    run = root / (name or algorithm)
     (run / "checkpoint-2").mkdir(parents=True)
     (run / "checkpoint-2" / "config.yaml").write_text(
-        yaml.safe_dump({"prompts_per_step": 4, "generation": {"num_generations": 2}})
+        yaml.safe_dump({"prompts_per_step": 4, "generation": {"num_generations": 2}, "seed": seed, "num_threads": 2})
     )
     records = [
         {"kind": "eval", "step": 0, "accuracy": before},
@@ -43,7 +46,7 @@ def _fake_run(root: Path, algorithm: str, before: float, after: float) -> Path:
         {"kind": "eval", "step": 2, "accuracy": after},
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    results = {"algorithm": algorithm, "eval_before": before, "eval_after": after, "wall_time_s": 12.3, "steps": 2}
+    results = {"algorithm": algorithm, "eval_before": before, "eval_after": after, "wall_time_s": wall, "steps": 2}
     (run / "results.json").write_text(json.dumps(results))
     return run
 
@@ -74,3 +77,29 @@ def test_unfinished_run_is_named(collect, tmp_path):
     (run / "results.json").unlink()
     with pytest.raises(FileNotFoundError, match="results.json is missing.*finished `tokrl train`"):
         collect.summarise_run(run)
+
+
+def test_seeds_give_a_spread_table(collect, tmp_path, capsys):
+    runs = [
+        _fake_run(tmp_path, "t-spmo", 0.5, 0.7, seed=0, wall=100, name="a"),
+        _fake_run(tmp_path, "t-spmo", 0.4, 0.55, seed=1, wall=120, name="b"),
+        _fake_run(tmp_path, "t-spmo", 0.45, 0.65, seed=2, wall=90, name="c"),
+        _fake_run(tmp_path, "grpo", 0.5, 0.75, seed=0, wall=200, name="d"),
+    ]
+    sft = runs[0] / "sft"
+    sft.mkdir()
+    (sft / "sft_config.json").write_text(json.dumps({"losses": [2.0, 1.5, 1.0], "seconds": 4.5}))
+    assert collect.main([str(r) for r in runs]) == 0
+    table = capsys.readouterr().out
+    assert (
+        "| t-spmo | 3: 0×2, 1×2, 2×2 | 40.0% / 45.0% / 50.0% | 55.0% / 65.0% / 70.0% | "
+        "+15.0 points / +20.0 points / +20.0 points | 90 s / 100 s / 120 s |" in table
+    )
+    assert "| grpo | 1: 0×2 | 50.0% / 50.0% / 50.0% |" in table
+    packed = runs[0] / "metrics.jsonl"
+    packed.with_name("metrics.jsonl.gz").write_bytes(gzip.compress(packed.read_bytes()))
+    packed.unlink()  # committed runs keep their metrics gzipped
+    first = collect.summarise_run(runs[0])
+    assert (first["seed"], first["num_threads"]) == (0, 2)
+    assert (first["warm_start_steps"], first["warm_start_seconds"]) == (3, 4.5)
+    assert "warm_start_steps" not in collect.summarise_run(runs[1])

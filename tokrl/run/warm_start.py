@@ -26,7 +26,7 @@ import torch
 from tokrl.infra import distributed
 from tokrl.infra.atomic import copy_tree_atomic, fsync_tree
 from tokrl.models.loading import load_model
-from tokrl.stages.warm_start import supervised_warm_start
+from tokrl.stages.warm_start import AccuracyTarget, supervised_warm_start
 from tokrl.tasks import Task
 
 logger = logging.getLogger("tokrl")
@@ -38,7 +38,25 @@ SFT_CONFIG = "sft_config.json"
 def sft_settings(config: Any) -> dict[str, Any]:
     """The config fields that determine the warm-started weights."""
     keys = ("model", "task", "task_options", "seed", "sft_steps", "sft_lr", "sft_batch_size")
+    if config.sft_target_accuracy:  # only then, so warm starts cached before the target existed stay valid
+        keys += ("sft_target_accuracy", "sft_check_every", "sft_check_size")
     return {k: getattr(config, k) for k in keys}
+
+
+def accuracy_target(config: Any) -> AccuracyTarget | None:
+    """The warm start's stopping target from `config` (None when sft_target_accuracy is 0)."""
+    if not config.sft_target_accuracy:
+        return None
+    sampler = config.generation.sampler
+    if sampler == "tokrl-merged":  # the warm start trains the plain model: no adapter to merge, the engine serves it
+        sampler = "tokrl"
+    return AccuracyTarget(
+        accuracy=config.sft_target_accuracy,
+        every=config.sft_check_every,
+        size=config.sft_check_size,
+        max_new_tokens=config.generation.max_new_tokens,
+        sampler=sampler,
+    )
 
 
 def _settings_of(folder: Path) -> dict[str, Any] | None:
@@ -93,7 +111,7 @@ def sft_stage(
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
-    losses = supervised_warm_start(
+    done = supervised_warm_start(
         model,
         tokenizer,
         task,
@@ -102,13 +120,14 @@ def sft_stage(
         batch_size=config.sft_batch_size,
         seed=config.seed,
         impl=config.impl,
+        target=accuracy_target(config),
     )
     tmp = Path(tempfile.mkdtemp(prefix=".sft.", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         seconds = time.perf_counter() - start
-        record = {"settings": settings, "losses": losses, "seconds": seconds}
+        record = {"settings": settings, "losses": done.losses, "checks": done.checks, "seconds": seconds}
         (tmp / SFT_CONFIG).write_text(json.dumps(record, indent=2))
         fsync_tree(tmp)
         if destination.exists():
@@ -117,8 +136,12 @@ def sft_stage(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
-    log(f"sft: {config.sft_steps} steps, loss {first:.3f} -> {last:.3f}, {seconds:.1f} s, saved to {destination}")
+    first, last = (done.losses[0], done.losses[-1]) if done.losses else (float("nan"), float("nan"))
+    reached = f" (check accuracy {done.checks[-1][1]:.3f})" if done.checks else ""
+    log(
+        f"sft: {done.steps} of {config.sft_steps} steps{reached}, loss {first:.3f} -> {last:.3f}, {seconds:.1f} s, "
+        f"saved to {destination}"
+    )
     return destination
 
 
