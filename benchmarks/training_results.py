@@ -9,8 +9,8 @@ the metrics: mean selected and generated tokens per step, mean frac_zero_std, me
 (every eval record); from the resolved config the seed and thread count, and from `sft/sft_config.json` the warm
 start's steps and seconds.
 
-With several runs of one algorithm (seeds, thread counts) the table gives each algorithm's spread instead:
-min / median / max of the accuracy before and after, of the change and of the wall time.
+With several runs of one algorithm (seeds, thread counts) the table gives the spread of each algorithm at each
+thread count instead: min / median / max of the accuracy before and after, of the change and of the wall time.
 """
 
 from __future__ import annotations
@@ -88,22 +88,22 @@ def _spread(values: list[float], unit: str, digits: int = 1, sign: str = "") -> 
 
 
 def spread_table(runs: list[dict[str, Any]]) -> str:
-    """One row per algorithm over its runs: min / median / max of before, after, change and wall time."""
+    """One row per (algorithm, thread count) over its runs: min / median / max of before, after, change, wall time."""
     lines = [
-        "| algorithm | runs (seed × threads) | held-out before | after | change | wall time |",
-        "|---|---|---:|---:|---:|---:|",
+        "| algorithm | threads | seeds | held-out before | after | change | wall time |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
-    by_algorithm: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for run in runs:
-        by_algorithm.setdefault(run["algorithm"], []).append(run)
-    for algorithm, group in by_algorithm.items():
-        which = ", ".join(f"{r.get('seed')}×{r.get('num_threads')}" for r in group)
+        groups.setdefault((run["algorithm"], run.get("num_threads")), []).append(run)
+    for (algorithm, threads), group in groups.items():
+        seeds = ", ".join(str(r.get("seed")) for r in group)
         before = [100 * r["eval_before"] for r in group]
         after = [100 * r["eval_after"] for r in group]
         change = [b - a for a, b in zip(before, after, strict=True)]
         wall = [r["wall_time_s"] for r in group]
         lines.append(
-            f"| {algorithm} | {len(group)}: {which} | {_spread(before, '%')} | {_spread(after, '%')} | "
+            f"| {algorithm} | {threads} | {seeds} | {_spread(before, '%')} | {_spread(after, '%')} | "
             f"{_spread(change, ' points', sign='+')} | {_spread(wall, ' s', 0)} |"
         )
     return "\n".join(lines)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.out:
         args.out.write_text(json.dumps(data, indent=2) + "\n")
-    several = len({r["algorithm"] for r in data["runs"]}) < len(data["runs"])
+    several = len({r["algorithm"] for r in data["runs"]}) < len(data["runs"])  # seeds or thread counts
     print(spread_table(data["runs"]) if several else markdown_table(data["runs"]))
     return 0
 

@@ -18,12 +18,21 @@ def collect():
 
 
 def _fake_run(
-    root: Path, algorithm: str, before: float, after: float, seed: int = 0, wall: float = 12.3, name: str = ""
+    root: Path,
+    algorithm: str,
+    before: float,
+    after: float,
+    seed: int = 0,
+    wall: float = 12.3,
+    name: str = "",
+    threads: int = 2,
 ) -> Path:
     run = root / (name or algorithm)
     (run / "checkpoint-2").mkdir(parents=True)
     (run / "checkpoint-2" / "config.yaml").write_text(
-        yaml.safe_dump({"prompts_per_step": 4, "generation": {"num_generations": 2}, "seed": seed, "num_threads": 2})
+        yaml.safe_dump(
+            {"prompts_per_step": 4, "generation": {"num_generations": 2}, "seed": seed, "num_threads": threads}
+        )
     )
     records = [
         {"kind": "eval", "step": 0, "accuracy": before},
@@ -85,6 +94,7 @@ def test_seeds_give_a_spread_table(collect, tmp_path, capsys):
         _fake_run(tmp_path, "t-spmo", 0.4, 0.55, seed=1, wall=120, name="b"),
         _fake_run(tmp_path, "t-spmo", 0.45, 0.65, seed=2, wall=90, name="c"),
         _fake_run(tmp_path, "grpo", 0.5, 0.75, seed=0, wall=200, name="d"),
+        _fake_run(tmp_path, "t-spmo", 0.5, 0.6, seed=0, wall=150, name="e", threads=1),
     ]
     sft = runs[0] / "sft"
     sft.mkdir()
@@ -92,10 +102,11 @@ def test_seeds_give_a_spread_table(collect, tmp_path, capsys):
     assert collect.main([str(r) for r in runs]) == 0
     table = capsys.readouterr().out
     assert (
-        "| t-spmo | 3: 0×2, 1×2, 2×2 | 40.0% / 45.0% / 50.0% | 55.0% / 65.0% / 70.0% | "
+        "| t-spmo | 2 | 0, 1, 2 | 40.0% / 45.0% / 50.0% | 55.0% / 65.0% / 70.0% | "
         "+15.0 points / +20.0 points / +20.0 points | 90 s / 100 s / 120 s |" in table
     )
-    assert "| grpo | 1: 0×2 | 50.0% / 50.0% / 50.0% |" in table
+    assert "| grpo | 2 | 0 | 50.0% / 50.0% / 50.0% |" in table
+    assert "| t-spmo | 1 | 0 | 50.0% / 50.0% / 50.0% | 60.0% / 60.0% / 60.0% | +10.0 points" in table  # its own row
     packed = runs[0] / "metrics.jsonl"
     packed.with_name("metrics.jsonl.gz").write_bytes(gzip.compress(packed.read_bytes()))
     packed.unlink()  # committed runs keep their metrics gzipped
