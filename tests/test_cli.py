@@ -13,22 +13,8 @@ from tokrl.cli import EXIT_CONFIG_ERROR, build_parser, main
 from tokrl.config import flat_fields
 
 TINY = [
-    "--steps",
-    "2",
-    "--sft-steps",
-    "3",
-    "--sft-batch-size",
-    "4",
-    "--prompts-per-step",
-    "2",
-    "--num-generations",
-    "4",
-    "--max-new-tokens",
-    "6",
-    "--eval-size",
-    "6",
-    "--eval-batch-size",
-    "6",
+    *"--steps 2 --sft-steps 3 --sft-batch-size 4 --prompts-per-step 2".split(),
+    *"--num-generations 4 --max-new-tokens 6 --eval-size 6 --eval-batch-size 6".split(),
     "--task-options",
     "{digits_a: 2, digits_b: 1, train_size: 16, test_size: 6}",
 ]

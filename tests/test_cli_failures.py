@@ -18,24 +18,8 @@ from tokrl.cli import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, main
 from tokrl.trainer import Trainer
 
 TINY = [
-    "--sft-steps",
-    "0",
-    "--prompts-per-step",
-    "2",
-    "--num-generations",
-    "4",
-    "--max-new-tokens",
-    "4",
-    "--eval-size",
-    "4",
-    "--eval-batch-size",
-    "4",
-    "--num-threads",
-    "1",
-    "--progress",
-    "false",
-    "--algorithm",
-    "grpo",
+    *"--sft-steps 0 --prompts-per-step 2 --num-generations 4 --max-new-tokens 4".split(),
+    *"--eval-size 4 --eval-batch-size 4 --num-threads 1 --progress false --algorithm grpo".split(),
     "--task-options",
     "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
 ]

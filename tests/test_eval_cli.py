@@ -16,25 +16,9 @@ from tokrl.models.adapters import adapter_base_model
 from tokrl.run.eval_defaults import eval_defaults
 
 TINY = [
-    "--sft-steps",
-    "2",
-    "--sft-batch-size",
-    "4",
-    "--steps",
-    "1",
-    "--prompts-per-step",
-    "2",
-    "--num-generations",
-    "4",
-    "--max-new-tokens",
-    "4",
-    "--eval-size",
-    "4",
-    "--progress",
-    "false",
-    "--num-threads",
-    "1",
-    "--task-options",
+    *"--sft-steps 2 --sft-batch-size 4 --steps 1 --prompts-per-step 2".split(),
+    *"--num-generations 4 --max-new-tokens 4 --eval-size 4 --progress false".split(),
+    *"--num-threads 1 --task-options".split(),
     "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
 ]
 EVAL = ["eval", "--limit", "2", "--device", "cpu", "--examples", "0"]

@@ -24,27 +24,9 @@ from tokrl.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SMALL = [
-    "--sft-steps",
-    "2",
-    "--sft-batch-size",
-    "4",
-    "--prompts-per-step",
-    "2",
-    "--num-generations",
-    "4",
-    "--max-new-tokens",
-    "4",
-    "--eval-size",
-    "4",
-    "--eval-batch-size",
-    "4",
-    "--num-threads",
-    "1",
-    "--progress",
-    "false",
-    "--max-empty-steps",
-    "0",
-    "--task-options",
+    *"--sft-steps 2 --sft-batch-size 4 --prompts-per-step 2 --num-generations 4".split(),
+    *"--max-new-tokens 4 --eval-size 4 --eval-batch-size 4 --num-threads 1 --progress false".split(),
+    *"--max-empty-steps 0 --task-options".split(),
     "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
 ]
 STEPS = {

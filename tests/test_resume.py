@@ -137,22 +137,8 @@ def test_full_disk_while_saving_is_one_error_and_leaves_no_temp(tmp_path):
 
 
 CLI_TINY = [
-    "--sft-steps",
-    "0",
-    "--prompts-per-step",
-    "2",
-    "--num-generations",
-    "4",
-    "--max-new-tokens",
-    "4",
-    "--eval-size",
-    "4",
-    "--eval-batch-size",
-    "4",
-    "--num-threads",
-    "1",
-    "--progress",
-    "false",
+    *"--sft-steps 0 --prompts-per-step 2 --num-generations 4 --max-new-tokens 4".split(),
+    *"--eval-size 4 --eval-batch-size 4 --num-threads 1 --progress false".split(),
     "--task-options",
     "{digits_a: 2, digits_b: 1, train_size: 8, test_size: 4}",
 ]
