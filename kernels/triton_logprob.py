@@ -17,7 +17,8 @@ Math, per selected row i (k rows; `index[i]` picks a row of hidden [N, D]; weigh
 Forward: `_lse_forward` (one sweep over the vocabulary: lse, logp, entropy). Backward, two variants:
 - "gemm" (default, `_backward_gemm`): dz for one vocabulary chunk at a time in a bounded workspace, then
   cuBLAS GEMMs with fp32 accumulation; no atomics.
-- "atomic" (`_backward_atomic`): one fused kernel adding per-tile products into dH/dW with fp32 atomics.
+- "atomic" (`_backward_atomic`): one fused kernel adding per-tile products into dH/dW with fp32 atomics, kept as a
+  benchmark provider (`tokrl_atomic`) and imported only when chosen: it is not on the default's import path.
 `backward_variant("atomic")` switches for a block of code (benchmarks compare both).
 
 Memory: saved for backward = lse [k] (and H [k]) fp32 plus the inputs themselves. Nothing of size [k, V].
@@ -27,17 +28,17 @@ Autocast does not apply: the kernels see the tensors' own dtypes (contract in `_
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from tokrl_kernels._backward_atomic import backward_atomic
-from tokrl_kernels._backward_gemm import backward_gemm
 from tokrl_kernels._logits import LogitMap
 from tokrl_kernels._lse_forward import lse_forward
 
-_BACKWARDS = {"gemm": backward_gemm, "atomic": backward_atomic}
+# variant -> the module whose `backward_<variant>` runs it
+_BACKWARDS = {"gemm": "tokrl_kernels._backward_gemm", "atomic": "tokrl_kernels._backward_atomic"}
 _ACTIVE = {"backward": "gemm"}
 
 
@@ -52,6 +53,11 @@ def backward_variant(name: str) -> Iterator[None]:
         yield
     finally:
         _ACTIVE["backward"] = previous
+
+
+def _backward(name: str) -> Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """The backward function of variant `name`, its module imported on first use."""
+    return getattr(importlib.import_module(_BACKWARDS[name]), f"backward_{name}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class _LinearLogprob(torch.autograd.Function):
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float().contiguous()
         grad_entropy = None if grad_entropy is None else grad_entropy.float().contiguous()
         with torch.autocast(hidden.device.type, enabled=False):  # the GEMM backward's addmm would become bf16
-            grad_h, grad_w = _BACKWARDS[ctx.opts.backward](
+            grad_h, grad_w = _backward(ctx.opts.backward)(
                 hidden,
                 weight,
                 targets,

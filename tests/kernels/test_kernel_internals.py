@@ -6,6 +6,8 @@ On CPU these run through the Triton interpreter (tests/conftest.py sets TRITON_I
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from tokrl_kernels import linear_pg_loss, reference
 pytest.importorskip("triton")
 from tokrl_kernels import _backward_gemm  # noqa: E402  (after the skip: needs triton)
 from tokrl_kernels.pg_loss import pg_epilogue  # noqa: E402
-from tokrl_kernels.triton_logprob import backward_variant  # noqa: E402
+from tokrl_kernels.triton_logprob import _backward, backward_variant  # noqa: E402
 
 
 def _epilogue_inputs(k: int, *, old: bool, ref: bool, weights: bool) -> dict:
@@ -157,3 +159,12 @@ def test_every_output_element_is_written(monkeypatch):
     poisoned = run()
     for name, a, b in zip(("loss", "logp", "clipped", "dH", "dW"), clean, poisoned, strict=True):
         assert torch.equal(a, b), f"{name} depends on uninitialised memory"
+
+
+def test_atomic_backward_is_off_the_default_import_path():
+    """The atomic backward is a benchmark provider: importing the Triton path (and tokrl) must not load it."""
+    code = "import sys, tokrl, tokrl_kernels.triton_logprob; print('tokrl_kernels._backward_atomic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+    assert _backward("atomic").__module__ == "tokrl_kernels._backward_atomic"  # still there when asked for
+    assert _backward("gemm").__module__ == "tokrl_kernels._backward_gemm"
