@@ -178,3 +178,15 @@ def test_api_train_resume_uses_the_checkpoints_config(run_copy):
     assert result.steps == 3
     saved = yaml.safe_load((run_copy / "checkpoint-3" / "config.yaml").read_text())
     assert saved["algorithm"] == "s-grpo" and saved["task_options"] == TINY_TASK
+
+
+def test_a_run_started_with_overwrite_resumes(tmp_path, capsys):
+    """`--overwrite` is how one invocation treats the folder, not part of the run: `--resume` alone continues it."""
+    out = str(tmp_path / "x")
+    first = ["train", *CLI_TINY, "--steps", "1", "--save-every", "1", "--output-dir", out, "--overwrite"]
+    assert main(first) == 0
+    capsys.readouterr()
+    assert main(["train", "--output-dir", out, "--resume", "--steps", "2"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "x" / "results.json").read_text())["steps"] == 2
+    assert main(["train", "--output-dir", out, "--resume", "--overwrite", "--steps", "3"]) == EXIT_CONFIG_ERROR
+    assert "contradict each other" in capsys.readouterr().err  # both flags given in one call still contradict

@@ -196,4 +196,6 @@ def resume_config(
     if checkpoint is None:
         return config
     explicit = {**overrides, "output_dir": str(output_dir)}
-    return load_config(preset, config_file, base=checkpoint_config(checkpoint), **explicit)
+    base = checkpoint_config(checkpoint)
+    base.overwrite = False  # how the checkpoint's run was started, not this one: only an explicit --overwrite counts
+    return load_config(preset, config_file, base=base, **explicit)
