@@ -9,6 +9,8 @@ the adapter changes the hidden states and its gradients are not trivially zero.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from tokrl.models.forward import hidden_states, lm_head_weight
 from tokrl.models.lora import apply_lora
 from tokrl.stages.prompt_sharing import pack_shared_prompts, shared_prompt_hidden, unsupported_reason
 from tokrl.stages.select import LossRows, pack_loss_batch
+from tokrl.stages.update import PACKED
 from tokrl_kernels import linear_logprob
 
 PAD = 0
@@ -128,7 +131,10 @@ def test_trainer_option_trains_on_fewer_forward_tokens(tmp_path):
     assert first[1]["loss"] == pytest.approx(first[0]["loss"], rel=1e-5, abs=1e-7)
 
 
-def test_trainer_refuses_it_where_it_cannot_run(tmp_path):
+def test_trainer_falls_back_to_the_plain_forward_where_it_cannot_run(tmp_path, caplog):
     config = small_config(tmp_path, share_prompts=True, gradient_checkpointing=True)
-    with pytest.raises(ValueError, match="share_prompts: gradient checkpointing"):
-        HashRewardTrainer(config).setup()
+    trainer = HashRewardTrainer(config)
+    with caplog.at_level(logging.WARNING, logger="tokrl"):
+        trainer.setup()
+    assert trainer.update.forward is PACKED
+    assert "share_prompts: gradient checkpointing is on" in caplog.text and "plain forward" in caplog.text

@@ -63,10 +63,11 @@ def test_check_is_greedy_accuracy_on_the_first_training_examples(task):
 
 
 def test_settings_carry_the_target_only_when_set(tmp_path):
-    plain = load_config(output_dir=str(tmp_path), sft_steps=4)
+    plain = load_config(output_dir=str(tmp_path), sft_steps=4, sft_target_accuracy=0.0)
     assert "sft_target_accuracy" not in sft_settings(plain)  # warm starts cached before the option stay valid
     assert accuracy_target(plain) is None
     aimed = load_config(base=plain, sft_target_accuracy=0.4, sft_check_every=7, sft_check_size=32)
+    assert accuracy_target(load_config(output_dir=str(tmp_path))).accuracy == 0.5  # the default preset aims
     settings = sft_settings(aimed)
     assert (settings["sft_target_accuracy"], settings["sft_check_every"], settings["sft_check_size"]) == (0.4, 7, 32)
     target = accuracy_target(aimed)

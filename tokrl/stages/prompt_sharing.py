@@ -21,7 +21,7 @@ with the same distribution). Gradients reach the prompt pass through the gathere
 
 Needs a decoder that takes position_ids and writes its keys/values through the transformers Cache
 (`update`), with full attention only (an explicit additive mask of every column); gradient checkpointing
-drops caches during training, so it is refused too.
+drops caches during training, so it is ruled out too (`PolicyUpdate` then runs the plain forward, with a warning).
 """
 
 from __future__ import annotations

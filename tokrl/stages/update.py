@@ -181,10 +181,13 @@ class PolicyUpdate:
             logger.warning(note)
         self.forward = PACKED
         if loss.share_prompts:
+            # An optimisation, not a change of loss: where the model cannot share prompts (the default preset's
+            # choice meeting a user's Gemma-2, say), the run goes on with the plain forward and says why.
             reason = unsupported_reason(model)
-            if reason is not None:
-                raise ValueError(f"share_prompts: {reason}; run without --share-prompts")
-            self.forward = SHARED_PROMPTS
+            if reason is None:
+                self.forward = SHARED_PROMPTS
+            else:
+                logger.warning("share_prompts: %s; the loss runs the plain forward (same loss, more tokens)", reason)
 
     @classmethod
     def for_run(cls, model: torch.nn.Module, config: TrainConfig, pad_id: int, device: torch.device) -> PolicyUpdate:
