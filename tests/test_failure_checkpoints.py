@@ -13,10 +13,10 @@ import pytest
 
 from tests.trainer_helpers import ConstantRewardTrainer, HashRewardTrainer, hash_reward, small_config
 from tokrl.cli import main
+from tokrl.run.progress import StalledRunError
 from tokrl.run.resume import missing_files
 from tokrl.stages.record import reward_stats
 from tokrl.tasks.base import RewardError
-from tokrl.trainer import StalledRunError
 
 
 class FailingRewardTrainer(HashRewardTrainer):

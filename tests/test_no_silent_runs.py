@@ -11,8 +11,8 @@ import pytest
 from tests.trainer_helpers import ConstantRewardTrainer, HashRewardTrainer, small_config
 from tokrl.models.tiny import build_tiny_model, tiny_config
 from tokrl.run.context import check_prompt_lengths
+from tokrl.run.progress import StalledRunError
 from tokrl.tasks import get_task
-from tokrl.trainer import StalledRunError
 
 
 def test_steps_without_trainable_tokens_stop_the_run(tmp_path):

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "train": "tokrl.trainer",
-    "TrainResult": "tokrl.trainer",
+    "TrainResult": "tokrl.run.results",
     "evaluate": "tokrl.stages.evaluate",
     "TrainConfig": "tokrl.config",
     "AlgoConfig": "tokrl.config",
@@ -40,8 +40,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from tokrl.config import PRESETS, AlgoConfig, GenerationConfig, LoRAConfig, TrainConfig, load_config
+    from tokrl.run.results import TrainResult
     from tokrl.stages.evaluate import evaluate
-    from tokrl.trainer import TrainResult, train
+    from tokrl.trainer import train
 
 
 def __getattr__(name: str) -> Any:

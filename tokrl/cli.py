@@ -72,9 +72,9 @@ def _run_errors() -> tuple[type[Exception], ...]:
     """Failures of a started run that have a known cause (one line, exit 1): a non-finite loss, a run that
     trains nothing, a checkpoint that cannot be written (full disk), a reward function's bad output."""
     from tokrl.run.checkpoint import CheckpointError
+    from tokrl.run.progress import StalledRunError
     from tokrl.stages.update import NonFiniteLossError
     from tokrl.tasks.base import RewardError
-    from tokrl.trainer import StalledRunError
 
     return (NonFiniteLossError, StalledRunError, CheckpointError, RewardError)
 

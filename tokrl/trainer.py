@@ -57,7 +57,7 @@ from tokrl.tasks.base import RewardError
 
 logger = logging.getLogger("tokrl")
 
-__all__ = ["StalledRunError", "TrainResult", "Trainer", "train"]  # StalledRunError, TrainResult: their old home
+__all__ = ["Trainer", "train"]
 
 
 def train(
