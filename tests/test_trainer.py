@@ -124,6 +124,33 @@ def test_non_finite_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
     assert all(torch.equal(lora0[k], lora1[k]) for k in lora0), "the bad update was not applied"
 
 
+def test_non_finite_loss_in_a_later_iteration_undoes_the_step(tmp_path, monkeypatch):
+    # num_iterations 2: the first iteration's optimiser step has moved the weights when the second finds a NaN.
+    # The state (weights, AdamW, schedule) goes back to the step's start, so the checkpoint is the last good step.
+    import tokrl.stages.update as update_module
+
+    real, calls = update_module.linear_pg_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        return out._replace(loss=out.loss * float("nan")) if len(calls) > 1 else out
+
+    monkeypatch.setattr(update_module, "linear_pg_loss", poisoned)
+    trainer = HashRewardTrainer(small_config(tmp_path, algorithm="grpo", num_iterations=2))
+    trainer.setup()
+    _, lora0 = base_and_lora(trainer.model)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 1"):
+        trainer.run()
+    assert len(calls) == 2  # the first iteration ran and stepped; the second stopped
+    _, lora1 = base_and_lora(trainer.model)
+    assert all(torch.equal(lora0[k], lora1[k]) for k in lora0), "the first iteration's update was kept"
+    assert not trainer.update.optimizer.state and trainer.update.scheduler.last_epoch == 0
+    saved = _adapter(trainer.output_dir / "checkpoint-0")  # peft's file names drop the adapter name
+    initial = {name.replace(".default", ""): weight for name, weight in lora0.items()}
+    assert saved.keys() == initial.keys() and all(torch.equal(saved[k], initial[k]) for k in saved)
+
+
 def test_train_split_too_small_fails_before_weights_load(tmp_path):
     config = small_config(tmp_path, prompts_per_step=9)  # the train split has 8 examples
     with pytest.raises(ValueError, match="prompts_per_step: 9 prompts per step .* only 8 examples"):

@@ -25,6 +25,7 @@ masks on prompt tokens are then drawn per prompt, not per row).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -99,6 +100,27 @@ class NonFiniteLossError(RuntimeError):
     def saved_to(self, path: Path) -> NonFiniteLossError:
         """The same error, naming the checkpoint the state was saved to."""
         return NonFiniteLossError(self.what, self.value, self.step, path)
+
+
+@dataclass
+class _StepStart:
+    """The trainable weights, optimiser state and schedule as a step found them (copies)."""
+
+    weights: list[torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+
+    @classmethod
+    def take(cls, update: PolicyUpdate) -> _StepStart:
+        weights = [p.detach().clone() for p in update.params]
+        return cls(weights, copy.deepcopy(update.optimizer.state_dict()), copy.deepcopy(update.scheduler.state_dict()))
+
+    def restore(self, update: PolicyUpdate) -> None:
+        with torch.no_grad():
+            for param, weight in zip(update.params, self.weights, strict=True):
+                param.copy_(weight)
+        update.optimizer.load_state_dict(self.optimizer)
+        update.scheduler.load_state_dict(self.scheduler)
 
 
 TOTALS = ("loss", "clipped", "kl_sum", "forward_tokens")  # a micro-batch's sums, in the order of its [4] tensor
@@ -219,7 +241,7 @@ class PolicyUpdate:
         """Loss on this rank's selected `rows`, backward, sum gradients over ranks, clip, optimiser step
         (num_iterations times). `selected`: the global number of rows (another rank may hold all of them, then
         this rank only joins the gradient sum). Raises NonFiniteLossError, before any optimiser step of the
-        iteration, for a NaN/inf loss or gradient norm."""
+        iteration, for a NaN/inf loss or gradient norm, with the step's earlier iterations undone."""
         start = time.perf_counter()
         reset_peak_memory(self.device)
         logp = torch.zeros(len(rows))  # [k] aligned with `rows`
@@ -227,6 +249,9 @@ class PolicyUpdate:
             self.skip()
             return UpdateResult(0.0, 0.0, 0.0, 0.0, 0, self._peak_mib(), self.lr, time.perf_counter() - start, logp)
         micro = self._micro_batches(prompts, completions, rows)
+        # With several iterations a later one can turn non-finite after earlier ones moved the weights: keep the
+        # state the step found, so the checkpoint saved on that error is the last good step's, not half of this one.
+        found = _StepStart.take(self) if self.loss.num_iterations > 1 else None
         for it in range(self.loss.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             totals = self._backward(micro, first_iteration=it == 0)  # [4] TOTALS of this rank
@@ -239,6 +264,8 @@ class PolicyUpdate:
             sum_of = LossTotals(*sums)  # over every rank
             for what, value in (("loss", sum_of.loss), ("gradient norm", norm)):
                 if not math.isfinite(value):
+                    if found is not None and it > 0:
+                        found.restore(self)
                     raise NonFiniteLossError(what, value, step)
             self.optimizer.step()
             self.scheduler.step()
