@@ -7,6 +7,8 @@ bookkeeping is tests/sampler/test_sampler_graphs.py."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -176,3 +178,20 @@ def test_families_in_bf16_are_graphed_and_match_a_forward(name, overrides):
     assert float(gaps.mean()) < 0.1 and float(gaps.quantile(0.95)) < 0.3, (name, gaps)
     assert FAMILIES[name].moe or float(gaps.max()) < 0.6, (name, gaps)
     assert transformers_model(model).config._attn_implementation != "tokrl_sampler"  # restored after sampling
+
+
+def test_a_capture_after_every_graph_was_dropped_opens_a_new_pool():
+    # An arena released to grow drops every graph of its model, and with them their memory pool; capturing into
+    # the old pool handle then failed the caching allocator's use_count assert (seen on an H200), and every
+    # later decode step of that model ran eagerly.
+    graphs = cuda_graph.CudaGraphs()
+    counter = torch.zeros(4, device=DEVICE)
+    replay = graphs.capture(lambda: counter.add_(1))
+    replay()
+    first_pool = graphs.pool
+    del replay
+    gc.collect()
+    replay = graphs.capture(lambda: counter.add_(2))
+    replay()
+    torch.cuda.synchronize()
+    assert graphs.pool != first_pool and torch.equal(counter, torch.full((4,), 3.0, device=DEVICE))

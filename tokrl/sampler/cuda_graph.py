@@ -63,10 +63,15 @@ class GraphBackend(Protocol):
 
 
 class CudaGraphs:
-    """torch.cuda.CUDAGraph captures sharing one memory pool per model (steps never run concurrently)."""
+    """torch.cuda.CUDAGraph captures sharing one memory pool per model (steps never run concurrently).
+
+    A pool lives only while one of its graphs does: once every graph was dropped (evicted, or cleared when the
+    arena was released to grow), capturing into the old handle trips the caching allocator's `use_count > 0`
+    assert, so a capture with no live graph opens a new pool."""
 
     def __init__(self) -> None:
-        self.pool = torch.cuda.graph_pool_handle()
+        self.pool: tuple[int, int] | None = None
+        self.live: weakref.WeakSet[torch.cuda.CUDAGraph] = weakref.WeakSet()  # the graphs holding `pool`
 
     @contextmanager
     def side_stream(self) -> Iterator[None]:
@@ -77,10 +82,13 @@ class CudaGraphs:
         torch.cuda.current_stream().wait_stream(side)
 
     def capture(self, step: Callable[[], object]) -> Callable[[], object]:
+        if not self.live:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             step()
-        return graph.replay
+        self.live.add(graph)
+        return graph.replay  # the bound method keeps `graph` (and so the pool) alive while it is kept
 
 
 class CallReplay:
