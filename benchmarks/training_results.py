@@ -44,16 +44,16 @@ def summarise_run(run_dir: Path) -> dict[str, Any]:
     train = [r for r in records if r["kind"] == "train"]
     if not train:
         raise ValueError(f"{metrics_file} has no train records (was the run started with --log-every > steps?)")
+    config = _resolved_config(run_dir)
+    completions_per_step = int(config["prompts_per_step"]) * int(config["generation"]["num_generations"])
     per_step = {
         "mean_selected_tokens_per_step": statistics.fmean(r["selected_tokens"] for r in train),
-        "mean_generated_tokens_per_step": statistics.fmean(r["completion_len"] for r in train)
-        * _completions_per_step(run_dir),
+        "mean_generated_tokens_per_step": statistics.fmean(r["completion_len"] for r in train) * completions_per_step,
         "mean_frac_zero_std": statistics.fmean(r["frac_zero_std"] for r in train),
         "median_step_time_s": statistics.median(r["step_time_s"] for r in train),
         "train_records": len(train),
     }
     curve = [{"step": r["step"], "accuracy": r["accuracy"]} for r in records if r["kind"] == "eval"]
-    config = _resolved_config(run_dir)
     run = {"seed": config.get("seed"), "num_threads": config.get("num_threads"), **_warm_start(run_dir)}
     return {**results, **per_step, **run, "eval_curve": curve}
 
@@ -64,12 +64,6 @@ def _resolved_config(run_dir: Path) -> dict[str, Any]:
     if not configs:
         raise FileNotFoundError(f"no checkpoint-*/config.yaml in {run_dir}: the resolved config is needed")
     return yaml.safe_load(configs[-1].read_text())
-
-
-def _completions_per_step(run_dir: Path) -> int:
-    """prompts_per_step x num_generations from the resolved config."""
-    config = _resolved_config(run_dir)
-    return int(config["prompts_per_step"]) * int(config["generation"]["num_generations"])
 
 
 def _warm_start(run_dir: Path) -> dict[str, Any]:
