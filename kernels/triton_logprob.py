@@ -28,6 +28,7 @@ Autocast does not apply: the kernels see the tensors' own dtypes (contract in `_
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,8 +56,9 @@ def backward_variant(name: str) -> Iterator[None]:
         _ACTIVE["backward"] = previous
 
 
+@functools.cache
 def _backward(name: str) -> Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]]:
-    """The backward function of variant `name`, its module imported on first use."""
+    """The backward function of variant `name`, its module imported on first use (and looked up once)."""
     return getattr(importlib.import_module(_BACKWARDS[name]), f"backward_{name}")
 
 
