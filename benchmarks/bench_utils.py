@@ -1,4 +1,5 @@
-"""What every benchmark file shares: the device, timing, peak memory, the correctness gate and `extra_info`.
+"""What every benchmark file shares: the device, timing, peak memory, the correctness gate, `extra_info` and the
+`naive` baseline (`naive_pg_loss`) that test_linear_pg_loss.py and kernel_check.py both time.
 
 Timing: `pytest-benchmark`'s `pedantic` with one call per round; on CUDA the timed function ends with
 `torch.cuda.synchronize()`, so a round is the GPU time of the call, and pytest-benchmark takes the median.
@@ -148,6 +149,38 @@ def extra_info(
         "torch_version": torch.__version__,
         "triton_version": TRITON_VERSION,
     }
+
+
+def naive_pg_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    advantages: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    old_logp: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `naive` baseline of both kernel scripts (test_linear_pg_loss.py, kernel_check.py): (loss, logp [k]).
+
+    hidden @ W.T -> [N, V] logits in the inputs' dtype, `.float()`, log_softmax over all of them in fp32, the k
+    (row, target) entries picked by advanced indexing, then tokrl's PG epilogue (clip, no KL) summed. Nothing else
+    touches the [N, V] tensors: no temperature or logit-scale op at 1.0 (each identity op on the fp32 logits is one
+    more read and write of them forward and again backward, ~1.2 ms apiece at N 4096 and V 151936 on an H200).
+    Full-size tensors: forward [N, V] bf16 logits, fp32 copy, fp32 log-probs; backward a zero-filled [N, V] fp32
+    gradient with k entries put in, the log_softmax backward, its cast back to the logits' dtype.
+    """
+    from tokrl_kernels.reference import pg_epilogue
+
+    logits = hidden @ weight.T  # [N, V] in the inputs' dtype
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V] fp32
+    logp = logprobs[index, targets]  # [k]
+    loss_rows, _clipped = pg_epilogue(
+        logp, advantages, old_logp, None, weights, eps_low=eps_low, eps_high=eps_high, beta=0.0
+    )  # [k] fp32
+    return loss_rows.sum(), logp
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

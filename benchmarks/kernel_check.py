@@ -4,12 +4,21 @@
         [--dtypes bf16/bf16,fp32/bf16] [--heads frozen,trained] [--reps 10] [--tiny]
 
 Per (hidden/head dtypes, head mode): N = k distinct rows (a permutation), advantages of both signs, old log-probs
-offset so the clip is active on both sides. One warm-up call (the autotuning; its wall time is recorded), then
-`reps` calls timed with CUDA events: tokrl's forward, tokrl's forward + backward, naive's forward + backward (full
-[N, V] logits: the target is tokrl <= 0.85x naive with a frozen head). One profiled forward + backward gives the
-CUDA time per kernel, grouped (lse_split, merge, dz_chunk, gemm, index_add, other). Also: the autotuner's choice per
-kernel and key, registers / spills / shared memory of every compiled Triton kernel, peak memory, and the largest
-|error| of loss, logp, dH (and dW) against the PyTorch twin (fp32 logits), beside naive's own error for scale.
+offset so the clip is active on both sides. One warm-up call of tokrl (the autotuning; its wall time is recorded),
+then per timed function `reps` calls, each between two CUDA events and followed by a synchronize, and the median:
+- fwd: tokrl's forward (autograd graph kept);
+- fwd_bwd: tokrl's forward + loss.backward();
+- naive_fwd_bwd: forward + loss.backward() of `bench_utils.naive_pg_loss`, the `naive` provider of
+  test_linear_pg_loss.py (hidden @ W.T -> [N, V] logits in the inputs' dtype, fp32 log_softmax, gather, clipped PG
+  epilogue, no KL; hidden and head upcast to fp32 first when their dtypes differ); no warm-up call of its own (its
+  first call, with the allocator's growth, is one of the `reps`: the median absorbs it). The target is tokrl <= 0.85x
+  naive with a frozen head.
+Every timed call makes fresh leaves (hidden requires grad; the head only when "trained"), so dH (and dW) are
+allocated inside it, as in the pytest suite; nothing else (inputs, memory statistics) is. One profiled forward +
+backward gives the CUDA time per kernel, grouped (lse_split, merge, dz_chunk, gemm, index_add, other). Also: the
+autotuner's choice per kernel and key, registers / spills / shared memory of every compiled Triton kernel, peak
+memory, and the largest |error| of loss, logp, dH (and dW) against the PyTorch twin (fp32 logits), beside naive's
+own error for scale.
 
 `--tiny` runs D 64, V 1000, k 32 on CPU through the Triton interpreter: how this script is tested (times mean
 nothing there, and there are no compiled kernels). The JSON is rewritten after every case.
@@ -26,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 GROUPS = ("lse_split", "merge", "dz_chunk", "backward_kernel", "gemm", "index_add", "pg_")
 
 
@@ -170,9 +180,15 @@ def run_case(args, dtypes: str, trained: bool) -> dict:
 
 
 def naive_upcast(hidden, weight, *args, **kwargs):
-    """Full [N, V] logits (tests.utils.naive_pg_loss); hidden and head of different dtypes are both upcast first,
-    as the kernels' dtype contract says."""
-    from tests.utils import naive_pg_loss
+    """Full [N, V] logits: `bench_utils.naive_pg_loss`, the pytest suite's `naive`, (loss, logp); hidden and head of
+    different dtypes are both upcast first, as the kernels' dtype contract says.
+
+    Not tests.utils.naive_pg_loss: that one applies logit_scale and temperature even at 1.0, two identity fp32 [N, V]
+    ops forward and two backward, which made this script's naive ~4.9 ms (37%) slower than the suite's at N 4096 on
+    the H200 (18.1 vs 13.2 ms, results/h200-2026-11-30-*-4096.json)."""
+    if str(HERE) not in sys.path:  # the script's own folder: bench_utils (absent when loaded by a test)
+        sys.path.insert(0, str(HERE))
+    from bench_utils import naive_pg_loss
 
     if hidden.dtype != weight.dtype:
         hidden, weight = hidden.float(), weight.float()

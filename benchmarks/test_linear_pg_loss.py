@@ -2,7 +2,8 @@
 
 Providers, each only where it can run (otherwise the case is skipped with the reason):
 - naive          hidden @ W.T -> [N, V] logits, fp32 log_softmax over all of them, gather, PG epilogue:
-                 what a TRL user runs today. Its cost does not depend on k.
+                 what a TRL user runs today. Its cost does not depend on k. `bench_utils.naive_pg_loss`,
+                 which kernel_check.py times as its naive too.
 - naive_sel      gather the k selected rows first, then their [k, V] logits, fp32 log_softmax, gather:
                  the simplest way to profit from a selection (memory grows with k * V).
 - trl_selective  the [N, V] logits materialised, then a selective log-softmax one sequence block at a time
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from bench_utils import DEVICE, ON_CUDA, check_close, extra_info, peak_mib, rounds, sync
+from bench_utils import DEVICE, ON_CUDA, check_close, extra_info, naive_pg_loss, peak_mib, rounds, sync
 
 import tokrl_kernels
 from tokrl_kernels.reference import linear_pg_loss as chunked_pg_loss
@@ -198,10 +199,18 @@ def _epilogue_loss(case: Case, logp: torch.Tensor) -> torch.Tensor:
 
 
 def run_naive(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = case.hidden @ weight.T  # [N, V] in the input dtype
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V] fp32
-    logp = logprobs[case.index, case.targets]  # [k]
-    return _epilogue_loss(case, logp), logp
+    """bench_utils.naive_pg_loss: the same function kernel_check.py times as naive."""
+    return naive_pg_loss(
+        case.hidden,
+        weight,
+        case.targets,
+        case.advantages,
+        case.index,
+        old_logp=case.old_logp,
+        weights=case.weights,
+        eps_low=EPS_LOW,
+        eps_high=EPS_HIGH,
+    )
 
 
 def run_naive_sel(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
