@@ -279,7 +279,7 @@ class Trainer:
         try:
             if self.model is None:
                 self.setup()
-            with distributed.report_failures(f"training (step {self.step + 1})"):
+            with distributed.report_failures(lambda: f"training (step {self.step + 1})"):  # the failing step
                 return self._loop(start)
         finally:
             self.close()

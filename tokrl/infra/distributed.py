@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -193,12 +193,15 @@ def sum_gradients(params: list[torch.nn.Parameter], extra: torch.Tensor) -> torc
 
 
 @contextmanager
-def report_failures(what: str) -> Iterator[None]:
-    """Log an exception with this rank's number and tear the group down so peers stop too, then re-raise."""
+def report_failures(what: str | Callable[[], str]) -> Iterator[None]:
+    """Log an exception with this rank's number and tear the group down so peers stop too, then re-raise.
+
+    what: the phase, or a function giving it when the exception comes (e.g. the step it happened at)."""
     try:
         yield
     except BaseException as err:
         if is_distributed():
+            what = what if isinstance(what, str) else what()
             logger.error(
                 "rank %d of %d failed during %s: %s: %s; shutting down the process group so the other ranks "
                 "stop (the launcher ends them)",
