@@ -22,6 +22,9 @@ How the trainer splits the work (tokrl/trainer.py):
 - a failure on one rank is logged with the rank, the process group is torn down (peers blocked in a
   collective get an error at once, or at the timeout at worst) and the exception propagates, so the
   process exits non-zero and the launcher stops the other ranks.
+- a failure the ranks can wait for (a reward function's error, raised on the rank that scores) is agreed
+  instead (`fail_together`): every rank learns of it at the same point, so all of them can still save the
+  last good step together before they stop.
 """
 
 from __future__ import annotations
@@ -190,6 +193,37 @@ def sum_gradients(params: list[torch.nn.Parameter], extra: torch.Tensor) -> torc
         p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
         offset += n
     return flat[offset:].to(extra.device)  # [e]
+
+
+@contextmanager
+def fail_together(error_type: type[Exception]) -> Iterator[None]:
+    """Run the block, then agree over ranks whether it raised `error_type` on any of them; if so, every rank raises.
+
+    A collective in a multi-process run: every rank enters the block. A rank whose block raised `error_type`
+    re-raises its own error; the others raise `error_type("rank R of N failed: <its message>")`. The agreement
+    is one all_reduce of a flag (the messages are gathered only after a failure); one process adds nothing.
+    Other exceptions propagate at once, as without this (`report_failures` then stops the peers)."""
+    if world_size() == 1:
+        yield
+        return
+    try:
+        yield
+    except error_type as err:
+        _failed_ranks(str(err))
+        raise
+    failed = _failed_ranks(None)
+    if failed:
+        first, message = next(iter(failed.items()))
+        ranks = f"rank {first}" if len(failed) == 1 else "ranks " + ", ".join(map(str, failed))
+        where = "" if len(failed) == 1 else f"; rank {first}"
+        raise error_type(f"{ranks} of {world_size()} failed{where}: {message}")
+
+
+def _failed_ranks(message: str | None) -> dict[int, str]:
+    """{rank: message} of the ranks that passed a message (every rank calls it; None: this rank did not fail)."""
+    if not any_rank(message is not None):
+        return {}
+    return {r: m for r, m in enumerate(all_gather_object(message)) if m is not None}
 
 
 @contextmanager
