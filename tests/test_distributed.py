@@ -5,24 +5,29 @@ tiny model starts from random weights, so a real reward would be 0 everywhere an
 `sample_per_prompt` makes prompt j's completions independent of which rank samples them and
 lora_dropout=0 removes the per-rank dropout masks, so the two-process run must produce the adapter of the
 one-process run with the same seed and global batch, up to fp32 rounding. The same file checks that a
-SIGTERM on one rank stops both after the same step and the checkpoint resumes bit for bit, that a rank
-that raises brings the job down with its rank in the message, and the batch arithmetic check.
+SIGTERM on one rank stops both after the same step and the checkpoint resumes bit for bit, that a reward
+error on one rank stops every rank with the last good step saved (and that checkpoint resumes bit for bit),
+that a rank that raises brings the job down with its rank in the message, and the batch arithmetic check.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from tokrl.config import load_config
-from tokrl.infra.distributed import check_world_size, launch_env
+from tokrl.infra.distributed import check_world_size, fail_together, launch_env
+from tokrl.run.resume import missing_files
 from tokrl.trainer import Trainer
 
 REWARD_MODULE = """
@@ -47,6 +52,20 @@ def rank1_interrupted(completions, **columns):
     if os.environ.get("RANK") == "1" and len(completions) == 8 and not os.path.exists(marker):  # step 1
         open(marker, "w").close()
         signal.raise_signal(signal.SIGTERM)  # only rank 1 is told to stop
+    return hash_reward(completions)
+
+
+TRAIN_CALLS = []
+
+
+def rank1_fails_at(completions, **columns):
+    # Raises on rank 1 at training step DISTREWARD_FAIL_AT of this process (a step scores 2 prompts x 4
+    # completions per rank; an evaluation 2). The resumed run keeps this reward (a resume must keep the config)
+    # and runs without the variable.
+    if len(completions) == 8:
+        TRAIN_CALLS.append(1)
+        if os.environ.get("RANK") == "1" and len(TRAIN_CALLS) == int(os.environ.get("DISTREWARD_FAIL_AT", "0")):
+            raise RuntimeError("reward server unreachable")
     return hash_reward(completions)
 """
 
@@ -89,21 +108,55 @@ def settings(workdir: Path, reward: str = "hash_reward") -> dict:
     }
 
 
+def train_args(workdir: Path, out: Path, reward: str, extra: dict) -> list[str]:
+    """`-m tokrl train --key value ...` for the shared settings, `output_dir` and `extra`."""
+    args = ["-m", "tokrl", "train"]
+    for key, value in (settings(workdir, reward) | {"output_dir": str(out)} | extra).items():
+        args += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return args
+
+
+def process_env(workdir: Path) -> dict[str, str]:
+    return os.environ | {
+        "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 def torchrun(
     workdir: Path, out: Path, nproc: int = 2, reward: str = "hash_reward", **extra
 ) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node N -m tokrl train ...` as the user would type it."""
-    args = []
-    for key, value in (settings(workdir, reward) | {"output_dir": str(out)} | extra).items():
-        args += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, dict) else str(value)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
     return subprocess.run(
-        command + ["-m", "tokrl", "train", *args], env=env, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S
+        command + train_args(workdir, out, reward, extra),
+        env=process_env(workdir),
+        capture_output=True,
+        text=True,
+        timeout=SPAWN_TIMEOUT_S,
     )
+
+
+def each_rank(workdir: Path, out: Path, env: dict[str, str], nproc: int = 2, reward: str = "hash_reward", **extra):
+    """`python -m tokrl train ...` once per rank with the variables torchrun sets, so every rank's exit status and
+    last words are its own (torchrun stops the other ranks as soon as one exits)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    launch = {"WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = []
+    for rank in range(nproc):
+        rank_env = process_env(workdir) | launch | {"RANK": str(rank), "LOCAL_RANK": str(rank)} | env
+        command = [sys.executable, *train_args(workdir, out, reward, extra)]
+        procs.append(subprocess.Popen(command, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        return [(p.wait(timeout=SPAWN_TIMEOUT_S), p.stderr.read()) for p in procs]  # little output: no pipe fills
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.stdout.close()
+            p.stderr.close()
 
 
 def train_records(out: Path) -> list[dict]:
@@ -159,6 +212,73 @@ def test_two_processes_match_one_and_resume(workdir):
     again = load_file(str(three / "checkpoint-2" / "adapter_model.safetensors"))
     assert all(torch.equal(again[k], two_adapter[k]) for k in two_adapter)
     assert [r["loss"] for r in train_records(three)] == [r["loss"] for r in twos]
+
+
+def test_a_reward_error_on_one_rank_saves_the_last_good_step_on_every_rank(workdir):
+    # Rank 1's reward raises at step 2: every rank stops there with the error, rank 0 having saved step 1 with
+    # every rank's RNG state (a collective save, as one process saves), and nothing of step 2 applied.
+    out = workdir / "failed"
+    failed = each_rank(workdir, out, {"DISTREWARD_FAIL_AT": "2"}, reward="rank1_fails_at")
+    checkpoint = out / "checkpoint-1"
+    for rank, (code, stderr) in enumerate(failed):
+        errors = [line for line in stderr.splitlines() if line.startswith("tokrl train: error:")]
+        assert code == 1 and len(errors) == 1, f"rank {rank}: exit {code}\n{stderr[-3000:]}"
+        assert "reward server unreachable at step 2" in errors[0], errors[0]
+        assert f"the last good step is saved in {checkpoint}" in errors[0], errors[0]
+        assert f"--output-dir {out} --resume" in errors[0]
+    assert "rank 1 of 2 failed: reward function 'rank1_fails_at' raised" in failed[0][1]  # rank 0 names rank 1
+    assert "rank 1 of 2 failed during training (step 2)" in failed[1][1]  # rank 1 logs its own rank
+    assert missing_files(checkpoint) == []
+    assert (checkpoint / "rng_state_rank0.pt").is_file() and (checkpoint / "rng_state_rank1.pt").is_file()
+    assert [p.name for p in out.glob("*checkpoint-*")] == ["checkpoint-1"]
+    assert [r["step"] for r in train_records(out)] == [1]
+
+    # With the reward working again the resumed run ends bit for bit where an uninterrupted run ends.
+    resumed = torchrun(workdir, out, reward="rank1_fails_at", resume=True)  # the same config
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full = workdir / "full"
+    done = torchrun(workdir, full, reward="rank1_fails_at")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in train_records(out)] == [1, 2]
+    assert [r["loss"] for r in train_records(out)] == [r["loss"] for r in train_records(full)]
+    want = load_file(str(full / "checkpoint-2" / "adapter_model.safetensors"))
+    got = load_file(str(out / "checkpoint-2" / "adapter_model.safetensors"))
+    assert want.keys() == got.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert (
+        json.loads((out / "results.json").read_text())["eval_after"]
+        == json.loads((full / "results.json").read_text())["eval_after"]
+    )
+
+
+def _fail_together_rank(rank: int, world: int, store: str, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        with fail_together(ValueError):
+            pass  # nobody fails: nothing is raised
+        outcome = "passed"
+        try:
+            with fail_together(ValueError):
+                if rank in (1, 2):
+                    raise ValueError(f"bad reward {rank}")
+        except ValueError as err:
+            outcome = str(err)
+        results[rank] = outcome
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fail_together_raises_on_every_rank_naming_the_failing_ones(tmp_path):
+    with pytest.raises(KeyError):  # one process: the block's own errors, untouched, and no collective
+        with fail_together(KeyError):
+            raise KeyError("x")
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_fail_together_rank, args=(3, str(tmp_path / "store"), results), nprocs=3)
+        assert dict(results) == {
+            0: "ranks 1, 2 of 3 failed; rank 1: bad reward 1",
+            1: "bad reward 1",  # a failing rank re-raises its own error
+            2: "bad reward 2",
+        }
 
 
 def test_a_failing_rank_stops_the_run(workdir):

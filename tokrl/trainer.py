@@ -8,8 +8,10 @@ branches on the algorithm's name: the registry object decides every algorithmic 
 
 Around the steps the trainer keeps: setup (the lock, the warm start, the model and LoRA, the update, resume),
 evaluation and checkpoint cadence, SIGINT/SIGTERM, failures and results.json. A run stopped by a reward error, a
-non-finite loss or a stall saves a checkpoint of its last good step first (one process; a reward error on one
-rank of several cannot be saved without the others) and says how to continue it.
+non-finite loss or a stall saves a checkpoint of its last good step first and says how to continue it. With
+several ranks every rank stops at the same step and joins that save: a stall and a non-finite loss are decided
+on global numbers, and a reward error on one rank is raised on every rank right after scoring (the failing rank
+raises its own error, the others a RewardError naming that rank and its message).
 
 Multi-process (torchrun / accelerate launch; see tokrl/infra/distributed.py): prompts_per_step is the global
 batch, each rank rolls out its contiguous slice of the step's prompts, scored groups are gathered so every rank's
@@ -245,11 +247,9 @@ class Trainer:
         return done[-1]["accuracy"]
 
     def _saved_failure(self, err: Exception, start: float, where: str) -> Exception:
-        """`err` with the step and how to continue, after saving the last good step (one process only: on one
-        rank of several a local failure cannot join the collective save)."""
+        """`err` with the step and how to continue, after saving the last good step (a collective: every rank
+        fails together, see the module docstring)."""
         where = f" {where}" if where else ""
-        if self.launch.world_size > 1:
-            return type(err)(f"{err}{where}; continue from the last checkpoint (--save-every) with --resume")
         if self.step == 0:
             return type(err)(f"{err}{where}; no step had been trained, so there is nothing to continue")
         path = self._save_timed(start)
@@ -279,7 +279,7 @@ class Trainer:
         try:
             if self.model is None:
                 self.setup()
-            with distributed.report_failures(f"training (step {self.step + 1})"):
+            with distributed.report_failures(lambda: f"training (step {self.step + 1})"):  # the failing step
                 return self._loop(start)
         finally:
             self.close()

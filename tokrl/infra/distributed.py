@@ -22,13 +22,16 @@ How the trainer splits the work (tokrl/trainer.py):
 - a failure on one rank is logged with the rank, the process group is torn down (peers blocked in a
   collective get an error at once, or at the timeout at worst) and the exception propagates, so the
   process exits non-zero and the launcher stops the other ranks.
+- a failure the ranks can wait for (a reward function's error, raised on the rank that scores) is agreed
+  instead (`fail_together`): every rank learns of it at the same point, so all of them can still save the
+  last good step together before they stop.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -193,12 +196,46 @@ def sum_gradients(params: list[torch.nn.Parameter], extra: torch.Tensor) -> torc
 
 
 @contextmanager
-def report_failures(what: str) -> Iterator[None]:
-    """Log an exception with this rank's number and tear the group down so peers stop too, then re-raise."""
+def fail_together(error_type: type[Exception]) -> Iterator[None]:
+    """Run the block, then agree over ranks whether it raised `error_type` on any of them; if so, every rank raises.
+
+    A collective in a multi-process run: every rank enters the block. A rank whose block raised `error_type`
+    re-raises its own error; the others raise `error_type("rank R of N failed: <its message>")`. The agreement
+    is one all_reduce of a flag (the messages are gathered only after a failure); one process adds nothing.
+    Other exceptions propagate at once, as without this (`report_failures` then stops the peers)."""
+    if world_size() == 1:
+        yield
+        return
+    try:
+        yield
+    except error_type as err:
+        _failed_ranks(str(err))
+        raise
+    failed = _failed_ranks(None)
+    if failed:
+        first, message = next(iter(failed.items()))
+        ranks = f"rank {first}" if len(failed) == 1 else "ranks " + ", ".join(map(str, failed))
+        where = "" if len(failed) == 1 else f"; rank {first}"
+        raise error_type(f"{ranks} of {world_size()} failed{where}: {message}")
+
+
+def _failed_ranks(message: str | None) -> dict[int, str]:
+    """{rank: message} of the ranks that passed a message (every rank calls it; None: this rank did not fail)."""
+    if not any_rank(message is not None):
+        return {}
+    return {r: m for r, m in enumerate(all_gather_object(message)) if m is not None}
+
+
+@contextmanager
+def report_failures(what: str | Callable[[], str]) -> Iterator[None]:
+    """Log an exception with this rank's number and tear the group down so peers stop too, then re-raise.
+
+    what: the phase, or a function giving it when the exception comes (e.g. the step it happened at)."""
     try:
         yield
     except BaseException as err:
         if is_distributed():
+            what = what if isinstance(what, str) else what()
             logger.error(
                 "rank %d of %d failed during %s: %s: %s; shutting down the process group so the other ranks "
                 "stop (the launcher ends them)",

@@ -5,6 +5,10 @@
     -> G completions per prompt (the `sampler`; rows p*G .. p*G + G - 1 continue prompt p)
     -> rewards (Task.reward on prefix + completion text) -> one Group per prompt
 
+A RewardError (the reward raised or returned a non-finite value) on any rank is raised on every rank right after
+scoring (`fail_together`: one all_reduce of a flag in a multi-process run), so all ranks stop at the same step,
+before anything of it is applied, and can save the last good step together.
+
 Randomness, all seeded from (seed, step), so a resumed run repeats an uninterrupted one: prompt j of a step (its
 index in the step's global prompt list) draws its replay prefix, and then its token selection, from a stream
 seeded from (seed, step, j). Sampling draws from the global RNG, seeded from (seed, step) and the rank for one
@@ -23,11 +27,12 @@ from transformers import PreTrainedTokenizerBase
 
 from tokrl.algorithms import Algorithm, Group
 from tokrl.config.schema import TrainConfig
-from tokrl.infra.distributed import LaunchEnv
+from tokrl.infra.distributed import LaunchEnv, fail_together
 from tokrl.infra.memory import peak_memory_mib
 from tokrl.infra.seeding import step_seed, stream_seed
 from tokrl.sampler.rollout import Rollout, concat_rollouts, decode, encode_prompts, sample_groups
 from tokrl.tasks import Task
+from tokrl.tasks.base import RewardError
 
 
 @dataclass
@@ -111,7 +116,8 @@ class Collector:
         out = self._sample(step, rows)
         texts = decode(self.tokenizer, [prefixes[i // g] + comp for i, comp in enumerate(out.completions)])
         columns = {col: [ex[col] for ex in examples for _ in range(g)] for col in self.order.data.column_names}
-        rewards = self.task.reward(texts, **columns)  # checked there: finite numbers or None
+        with fail_together(RewardError):  # a reward error on any rank stops every rank here, before any collective
+            rewards = self.task.reward(texts, **columns)  # checked there: finite numbers or None
         groups = [
             Group(out.completions[i * g : (i + 1) * g], rewards[i * g : (i + 1) * g], keys[i])
             for i in range(len(examples))

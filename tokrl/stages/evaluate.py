@@ -4,12 +4,14 @@ accuracy@1 = fraction of examples whose single greedy completion scores reward >
 under the task's verifiable reward; a None reward counts as wrong). Prompts are decoded in left-padded
 batches with the model in eval mode; no randomness is drawn, so evaluating mid-run does not change a run.
 `sharded=True` in a multi-process run: each rank decodes a contiguous slice of the examples and the
-counts are summed over ranks, so every rank returns the accuracy of the whole split.
+counts are summed over ranks, so every rank returns the accuracy of the whole split, and a reward error on one
+rank is raised on every rank (`tokrl.infra.distributed.fail_together`).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from tokrl.infra import distributed
 from tokrl.models.adapters import load_with_adapter
 from tokrl.sampler.rollout import decode, encode_prompts, generate
 from tokrl.tasks import Task, get_task
+from tokrl.tasks.base import RewardError
 
 CORRECT = 1.0  # reward at or above which a completion counts as correct
 
@@ -72,7 +75,8 @@ def evaluate(
         sampler=sampler,
     )
     texts = decode(tokenizer, out.completions)
-    rewards = task.reward(texts, **columns)
+    with distributed.fail_together(RewardError) if sharded else nullcontext():  # every rank raises together
+        rewards = task.reward(texts, **columns)
     correct = [r is not None and r >= CORRECT for r in rewards]
     valid = [r for r in rewards if r is not None]
     counts = [float(sum(correct)), float(len(correct)), float(sum(valid)), float(len(valid))]
