@@ -13,9 +13,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tests.model_families import FAMILIES, build_family_model
-from tests.sampler.helpers import prompts_with_replay, qwen2_lora, tiny_model, with_lora
-from tokrl.models.forward import transformers_model
+from tests.sampler.helpers import BF16_FAMILIES, check_bf16_family, prompts_with_replay, qwen2_lora, tiny_model
 from tokrl.models.lora import apply_lora
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph
 from tokrl.sampler.rollout import generate, sample_groups
@@ -152,32 +150,14 @@ def test_qwen2_1_5b_architecture_bf16_lora_top_p_graphed_and_log_probs_match_a_f
     assert float(gaps.quantile(0.95)) < 0.05 and float(gaps.max()) < 0.25, gaps
 
 
-@pytest.mark.parametrize(
-    ("name", "overrides"),
-    [
-        ("llama", {}),
-        ("gemma2", {"sliding_window": 4, "initializer_range": 0.02}),
-        ("phi3", {}),
-        ("olmo2", {}),
-        ("qwen2-moe", {}),
-        ("mixtral", {}),
-        ("gpt2", {}),
-    ],
-)
+@pytest.mark.parametrize(("name", "overrides"), BF16_FAMILIES, ids=[name for name, _ in BF16_FAMILIES])
 def test_families_in_bf16_are_graphed_and_match_a_forward(name, overrides):
-    base, tok = build_family_model(name, **overrides)
-    model = with_lora(base.to(device=DEVICE, dtype=torch.bfloat16))
-    prompts = prompts_with_replay(tok)
-    options = SamplingOptions(do_sample=True, temperature=1.0, top_p=0.95)
-    sampler, tokens, logps = _sample_tokrl(model, prompts, 2, 16, options, eos=tok.eos_token_id)
+    """bf16 log-probs as close as HF's own bf16 decode's to a forward of the policy the sampler runs and to the
+    exact (fp32) policy; the CPU twin, on the eager path: tests/sampler/test_sampler_bf16_logps.py. The bound
+    this replaces (distance to a bf16 forward with peft's fp32 adapters < 0.6 nats) failed Phi-3 at 0.77 on an
+    H200: the two sides' different bf16 roundings, not a fault (see `assert_bf16_logps_as_close_as_hf_decode`)."""
+    sampler = check_bf16_family(name, overrides, DEVICE)
     assert sampler.graphed_share == 1.0, f"{name}: decode steps ran eagerly (capture failed)"
-    gaps = _teacher_forced_gap(model, prompts, tokens, logps, 2)
-    # These tiny models' logits are wide (tens): bf16 rounds them by ~0.1, and an MoE router's near-ties can
-    # pick another expert in the decode step than in the full forward (a gap of a nat or more, as in HF
-    # generate). A misaligned token or ignored cache would be off by nats everywhere.
-    assert float(gaps.mean()) < 0.1 and float(gaps.quantile(0.95)) < 0.3, (name, gaps)
-    assert FAMILIES[name].moe or float(gaps.max()) < 0.6, (name, gaps)
-    assert transformers_model(model).config._attn_implementation != "tokrl_sampler"  # restored after sampling
 
 
 def test_a_capture_after_every_graph_was_dropped_opens_a_new_pool():
