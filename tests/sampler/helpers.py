@@ -225,3 +225,23 @@ def check_bf16_family(name: str, overrides: dict, device: torch.device, n: int =
     assert transformers_model(model).config._attn_implementation != "tokrl_sampler"  # restored after sampling
     assert_bf16_logps_as_close_as_hf_decode(name, bf16_logp_gaps(model, prompts, tokens, logps, g), FAMILIES[name].moe)
     return sampler
+
+
+def assert_sampled_tokens_match_a_forward(model, rollout, temperature: float, top_p: float, atol: float = 1e-4):
+    """The oracle for seeded sampling (the engine's draw is not `generate`'s own): every sampled token's log-prob
+    equals log softmax(logits / T) of an unpadded full-sequence forward (no cache) at that position, and the
+    token lies inside that forward's top-p nucleus (HF's TopPLogitsWarper). A misplaced cache column, a wrong
+    position or mask, or a draw outside the nucleus fails it."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    assert rollout.logprobs is not None, "the sampler returned no log-probs"
+    warper = TopPLogitsWarper(top_p, min_tokens_to_keep=1)
+    for prompt, completion, logps in zip(rollout.prompts, rollout.completions, rollout.logprobs, strict=True):
+        tokens = torch.tensor(completion)  # [n]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()  # [len, V]
+        scaled = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature  # [n, V]
+        want = scaled.log_softmax(-1).gather(1, tokens[:, None])[:, 0]  # [n]
+        torch.testing.assert_close(torch.tensor(logps), want, rtol=0, atol=atol)
+        inside = torch.isfinite(warper(None, scaled.clone()).gather(1, tokens[:, None]))  # [n, 1]
+        assert bool(inside.all()), (prompt, completion)

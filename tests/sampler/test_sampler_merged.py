@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tests.model_families import build_family_model
-from tests.sampler.helpers import prompts_with_replay, with_lora
+from tests.sampler.helpers import assert_sampled_tokens_match_a_forward, prompts_with_replay, with_lora
 from tests.utils import assert_close_to_ref
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph, registry, resolve_sampler
 from tokrl.sampler.merged import merge_reason, merged_weights
@@ -26,14 +26,15 @@ def _tokens(model, tok, prompts, sampler, seed=None, n=8):
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "olmo2"])  # GPT-2's Conv1D LoRA merges transposed
-def test_merged_sampling_equals_hf_generate_on_the_unmerged_model(name):
+def test_merged_sampling_equals_the_unmerged_model(name):
     base, tok = build_family_model(name)
     model = with_lora(base)
     prompts = prompts_with_replay(tok)
     assert resolve_sampler("tokrl-merged", model).name == "tokrl-merged"
     assert _tokens(model, tok, prompts, "tokrl-merged").completions == _tokens(model, tok, prompts, "hf").completions
-    ours, theirs = _tokens(model, tok, prompts, "tokrl-merged", seed=3), _tokens(model, tok, prompts, "hf", seed=3)
-    assert ours.completions == theirs.completions and len({tuple(c) for c in ours.completions}) > 2
+    ours, unmerged = _tokens(model, tok, prompts, "tokrl-merged", seed=3), _tokens(model, tok, prompts, "tokrl", seed=3)
+    assert ours.completions == unmerged.completions and len({tuple(c) for c in ours.completions}) > 2
+    assert_sampled_tokens_match_a_forward(model, ours, temperature=0.8, top_p=0.9)
 
 
 def _teacher_forced(model, prompt, completion) -> torch.Tensor:
@@ -108,14 +109,27 @@ def test_copies_are_reused_while_the_layers_are():
     assert len(first.copies) == sum("lora_A" in n for n, _ in model.named_parameters())  # one per adapted weight
 
 
-def test_auto_samples_merged_on_cuda_only_where_the_copies_fit():
+def test_auto_samples_merged_only_where_the_copies_fit():
     model = with_lora(build_family_model("llama")[0])
     need = SAMPLERS["tokrl-merged"].copy_bytes(model)
     adapted = [m.base_layer.weight for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
     assert need == sum(w.numel() * w.element_size() for w in adapted) > 0
     share = registry.MERGED_MAX_SHARE_OF_FREE
-    assert registry.auto_choice(model, free_device_bytes=None) == registry.AUTO_ON_CPU  # CPU: never merged
-    assert registry.auto_choice(model, free_device_bytes=int(need / share) + 1) == "tokrl-merged"
-    assert registry.auto_choice(model, free_device_bytes=int(need / share) - 1) == "tokrl"  # too little memory
+    assert registry.auto_choice(model, free_bytes=None) == "tokrl"  # free memory unknown: no copies
+    assert registry.auto_choice(model, free_bytes=int(need / share) + 1) == "tokrl-merged"
+    assert registry.auto_choice(model, free_bytes=int(need / share) - 1) == "tokrl"  # too little memory
     plain = build_family_model("llama")[0]  # no adapter: nothing to merge
-    assert registry.auto_choice(plain, free_device_bytes=10**12) == "tokrl"
+    assert registry.auto_choice(plain, free_bytes=10**12) == "tokrl"
+    assert resolve_sampler("auto", model).name == "tokrl-merged"  # this CPU has the memory for the tiny copies
+
+
+def test_free_memory_is_read_on_a_cpu_and_unknown_without_meminfo(monkeypatch, tmp_path):
+    from tokrl.infra import memory
+
+    free = memory.free_memory_bytes(torch.device("cpu"))
+    total = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:")) * 2**10
+    assert free is not None and 0 < free <= total
+    monkeypatch.setattr(memory, "_MEMINFO", tmp_path / "absent")
+    assert memory.free_memory_bytes(torch.device("cpu")) is None
+    model = with_lora(build_family_model("llama")[0])
+    assert resolve_sampler("auto", model).name == "tokrl"  # unknown free memory: no copies

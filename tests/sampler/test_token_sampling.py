@@ -1,5 +1,5 @@
-"""Token choice: the warpers equal HF's, the exponential race equals torch.multinomial, and the drawn
-frequencies pass a chi-square test against softmax(logits / T) truncated to the top-p nucleus."""
+"""Token choice: the warpers equal HF's, the inverse-CDF draw repeats under a seed and never leaves the nucleus,
+and the drawn frequencies pass a chi-square test against softmax(logits / T) truncated to the top-p nucleus."""
 
 from __future__ import annotations
 
@@ -24,14 +24,24 @@ def test_warp_scores_equals_hf_warpers(temperature, top_p):
     torch.testing.assert_close(warp_scores(logits, temperature, top_p), want, rtol=0, atol=0)
 
 
-def test_draw_equals_torch_multinomial_under_a_seed():
+def test_draw_repeats_under_a_seed_and_rows_are_independent():
     scores = torch.randn(64, 501)  # [B, V]
     torch.manual_seed(7)
     ours = draw(scores)
     torch.manual_seed(7)
-    theirs = torch.multinomial(scores.softmax(-1), num_samples=1)[:, 0]
-    assert torch.equal(ours, theirs)
+    assert torch.equal(draw(scores), ours)
     assert len(set(ours.tolist())) > 10  # not a constant draw
+    same_rows = draw(scores[:1].expand(64, -1).contiguous())  # one distribution, 64 independent draws
+    assert len(set(same_rows.tolist())) > 10
+
+
+@pytest.mark.parametrize("top", [0.0, 1.0 - 2.0**-53, 1.0])
+def test_draw_stays_inside_the_nucleus_at_either_end_of_the_unit_interval(monkeypatch, top):
+    # The nucleus is the first 3 of 8 tokens; the tail has probability 0. A uniform at (or rounded up to) the
+    # top of [0, 1) must still pick the last kept token, never a token past it (or an index past the vocabulary).
+    scores = torch.tensor([[0.5, 1.0, 0.2] + [-float("inf")] * 5])  # [1, V]
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(*shape, top, dtype=torch.float64))
+    assert draw(scores).tolist() == [0 if top == 0.0 else 2]
 
 
 def _nucleus_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -287,7 +287,8 @@ class GenerationConfig:
         metadata={
             "help": "Rollout and eval sampler: tokrl (static KV cache, one prefill per prompt, CUDA graphs on GPU), "
             "tokrl-merged (tokrl with LoRA merged into copies of the base weights: fewer kernels, more memory), "
-            "hf (transformers generate) or auto (tokrl where it runs the model, else hf)."
+            "hf (transformers generate) or auto (where the engine runs the model: tokrl-merged when its copies take "
+            "at most a quarter of the free memory, else tokrl; elsewhere hf)."
         },
     )
 

@@ -1,4 +1,5 @@
-"""Peak memory of a phase: the CUDA allocator's peak, or on CPU the process's peak resident set size.
+"""Peak memory of a phase: the CUDA allocator's peak, or on CPU the process's peak resident set size; and the
+memory still free on a device.
 
 Memory on CUDA is the caching allocator's peak allocated bytes (torch.cuda.max_memory_allocated, weights
 included) since the phase began. On CPU it is the process's peak resident set size (VmHWM) since the phase
@@ -17,6 +18,21 @@ import torch
 
 _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_MEMINFO = Path("/proc/meminfo")
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Bytes free for new tensors on `device`: CUDA's free device memory, on CPU the system's MemAvailable
+    (Linux); None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in _MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 2**10  # kB
+    except OSError:
+        pass
+    return None
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -107,7 +107,7 @@ def decode_step(
 ) -> torch.Tensor:
     """One token for every row, entirely on the device (what a CUDA graph captures); `state.at_step` has set
     the host bookkeeping. Returns the step's logits [R, V] (the model's dtype)."""
-    state.bias.index_fill_(3, state.column, 0.0)  # the column written now becomes visible
+    state.reveal_column()
     bias = state.bias[..., : state.cache.window]  # [R, 1, 1, W]
     logits = forward_logits(body, state.token, state.position, bias, state.cache, overrides)  # [R, V]
     state.column.add_(1)
@@ -194,5 +194,7 @@ def run_eager(
     state = start_state(
         body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id, arena=arena, overrides=overrides
     )
+    # No graph replays these steps: attend over the filled columns only, write each at its host-known column.
+    state.window_step, state.cache.host_columns = 1, True
     decode_until_done(state, max_new_tokens, check_every, lambda: decode_step(body, state, options, overrides))
     return state

@@ -11,9 +11,8 @@ with the adapters switched off inside the call (peft's `disable_adapter`, as the
 so a decode step runs the base model's kernels only. The trained weights and peft's modules are untouched.
 The policy sampled is the trained one up to the rounding of W'; the sampler's log-probs are that policy's,
 so `sampler_logp_gap_*` measures the difference. The cost is memory: a copy of every adapted weight (for
-Qwen2-1.5B with LoRA on all 7 projections, 1.3 B parameters: 2.6 GB in bf16), so `auto` picks it on CUDA
-only where the copies fit in a share of the free memory (`registry.auto_choice`), and on CPU never (an
-explicit `--sampler tokrl-merged` works there too).
+Qwen2-1.5B with LoRA on all 7 projections, 1.3 B parameters: 2.6 GB in bf16), so `auto` picks it only where
+the copies fit in a share of the free memory (`registry.auto_choice`; the device's, or the system's on a CPU).
 
 It serves peft models whose every tuner layer is a plain LoRA linear (no DoRA or other variant, no LoRA on
 MoE expert parameters, no `modules_to_save` copies: switching adapters off would switch those off too);

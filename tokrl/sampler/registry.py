@@ -14,17 +14,16 @@ from typing import Protocol
 
 import torch
 
+from tokrl.infra.memory import free_memory_bytes
 from tokrl.infra.registry import register_in, unknown_choice
 from tokrl.sampler.token_sampling import SamplingOptions
 
 SAMPLERS: dict[str, type] = {}
 AUTO = "auto"
-# What `auto` picks on a CPU for a model both can run: the tiny model measured tokrl at least as fast as HF
-# generate here (benchmarks/test_generate.py, benchmarks/NOTES.md "Sampler").
-AUTO_ON_CPU = "tokrl"
-# On CUDA, `auto` samples a LoRA model merged (`tokrl-merged`: a decode layer launches the base model's 40 ops
-# instead of 68 unmerged, and launches bound a 32-row decode step) when the merged weight copies take at most
-# this share of the device's free memory; otherwise unmerged (`tokrl`), which needs no copies.
+# `auto` samples a LoRA model merged (`tokrl-merged`: a decode layer runs the base model's ops, 34 instead of 62
+# unmerged on the Qwen2-1.5B architecture, and a GPU's 32-row decode step is bound by its launches; on a CPU the
+# tiny default samples ~10% faster) when the merged weight copies take at most this share of the free memory
+# (the device's, or the system's on a CPU); otherwise unmerged (`tokrl`), which needs no copies.
 MERGED_MAX_SHARE_OF_FREE = 0.25
 
 logger = logging.getLogger("tokrl")
@@ -59,28 +58,24 @@ def sampler_names() -> list[str]:
     return [AUTO, *sorted(SAMPLERS)]
 
 
-def auto_choice(model: torch.nn.Module, free_device_bytes: int | None) -> str:
-    """The engine `auto` tries first: AUTO_ON_CPU off CUDA (`free_device_bytes` None); on CUDA `tokrl-merged`
-    where it can serve the model and its copies fit MERGED_MAX_SHARE_OF_FREE of the free memory, else `tokrl`."""
-    if free_device_bytes is None:
-        return AUTO_ON_CPU
+def auto_choice(model: torch.nn.Module, free_bytes: int | None) -> str:
+    """The engine `auto` tries first: `tokrl-merged` where it can serve the model and its copies fit
+    MERGED_MAX_SHARE_OF_FREE of `free_bytes` (the memory free where the model lives; None: unknown), else `tokrl`."""
     merged = SAMPLERS.get("tokrl-merged")
-    if merged is not None and merged.merge_reason(model) is None:
-        if merged.copy_bytes(model) <= MERGED_MAX_SHARE_OF_FREE * free_device_bytes:
+    if free_bytes is not None and merged is not None and merged.merge_reason(model) is None:
+        if merged.copy_bytes(model) <= MERGED_MAX_SHARE_OF_FREE * free_bytes:
             return "tokrl-merged"
     return "tokrl"
 
 
 def resolve_sampler(name: str, model: torch.nn.Module) -> Sampler:
     """The sampler called `name` for `model`; `auto` = the tokrl engine wherever it supports the model
-    (`auto_choice`: merged or not on CUDA, AUTO_ON_CPU on CPU), else hf (saying why once per model). An
+    (`auto_choice`: merged where the copies fit, else unmerged), else hf (saying why once per model). An
     explicit name the model cannot use raises ValueError."""
     if name != AUTO and name not in SAMPLERS:
         raise unknown_choice("sampler", name, sampler_names())
     if name == AUTO:
-        device = next(model.parameters()).device
-        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-        preferred = SAMPLERS[auto_choice(model, free)]()
+        preferred = SAMPLERS[auto_choice(model, free_memory_bytes(next(model.parameters()).device))]()
         reason = preferred.unsupported_reason(model)
         if reason is None:
             return preferred

@@ -12,7 +12,8 @@ first (and the graphs that read them dropped, `release_hooks`), then larger ones
 growth is rare: one decode cache per model at any time, the largest call's, never a second per call.
 
 Attention reads the first `window` columns only: for the query at column c, W = c + 1 rounded up to a
-multiple of WINDOW_STEP (so a 200-token rollout runs a handful of window sizes, one graph each).
+multiple of WINDOW_STEP when steps are replayed from graphs (so a 200-token rollout runs a handful of window
+sizes, one graph each), W = c + 1 when decoding eagerly.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-def window_for(column: int, capacity: int) -> int:
-    """The columns attention reads for a query at cache column `column` (capacity: the arena's columns)."""
-    return min(round_up(column + 1, WINDOW_STEP), capacity)
+def window_for(column: int, capacity: int, step: int = WINDOW_STEP) -> int:
+    """The columns attention reads for a query at cache column `column` (capacity: the arena's columns):
+    column + 1 rounded up to `step` (WINDOW_STEP where captured graphs are reused across steps; an eager
+    decode, with nothing to reuse, reads the filled columns only)."""
+    return min(round_up(column + 1, step), capacity)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class DecodeState:
     pad: torch.Tensor
     width: int
     max_new_tokens: int
+    window_step: int = WINDOW_STEP  # attention windows are multiples of this (`window_for`)
 
     @property
     def column(self) -> torch.Tensor:
@@ -74,7 +78,14 @@ class DecodeState:
         """Host bookkeeping before decode step t >= 1 (it feeds token t - 1 at column L + t - 1)."""
         column = self.width + t - 1
         self.cache.length = column
-        self.cache.window = window_for(column, self.bias.shape[-1])
+        self.cache.window = window_for(column, self.bias.shape[-1], self.window_step)
+
+    def reveal_column(self) -> None:
+        """Unmask the cache column this step writes (at the host's column when the cache writes there)."""
+        if self.cache.host_columns:
+            self.bias.narrow(3, self.cache.length, 1).zero_()  # [R, 1, 1, 1]
+        else:
+            self.bias.index_fill_(3, self.column, 0.0)  # [R, 1, 1, C]
 
     def record(self, chosen: torch.Tensor, logp: torch.Tensor) -> None:
         """Store token `step` (chosen, logp [R]); done rows get the pad id; mark rows that chose an EOS."""

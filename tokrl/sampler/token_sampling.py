@@ -1,14 +1,19 @@
-"""Choosing the next token from fp32 logits, exactly as Hugging Face `generate` does with top_k off.
+"""Choosing the next token from fp32 logits, from the distribution Hugging Face `generate` samples with top_k off.
 
-Sampling (HF's TemperatureLogitsWarper, then TopPLogitsWarper with min_tokens_to_keep=1, then softmax and
-torch.multinomial):
+Sampling (HF's TemperatureLogitsWarper, then TopPLogitsWarper with min_tokens_to_keep=1, then softmax and one
+draw per row):
     scores = logits / T                                   (skipped at T = 1, as generate does)
     sort scores ascending, c_i = cumulative softmax mass; drop the tokens with c_i <= 1 - top_p, always
     keep the most likely one (skipped at top_p = 1)
     p = softmax(scores with dropped tokens at -inf)
-    token = argmax_v p_v / E_v,  E_v ~ Exp(1)            (the exponential race torch.multinomial runs for
-                                                          one sample: same draws, same token, no host sync)
+    token = min { v : F_v > u * F_V },  F = cumsum(p) in float64,  u ~ U[0, 1) one per row
 Greedy: token = argmax_v logits_v.
+
+The draw is an inverse CDF rather than torch.multinomial's exponential race (argmax_v p_v / E_v, E_v ~ Exp(1)):
+the same distribution from one random number per row instead of one per vocabulary entry. On a CPU the race's
+[rows, V] exponential draws were most of the token choice (2.3 ms of ~2.6 per token at 512 rows x 264 tokens);
+the price is that a seeded call no longer picks the very tokens `generate` picks (tests check the distribution
+and the log-probs instead).
 
 The log-prob returned with every token is log softmax(logits / T)[token], before the top-p truncation:
 the quantity the loss computes for pi_theta at the same temperature (`linear_pg_loss(temperature=T)`).
@@ -55,14 +60,17 @@ def warp_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 
 
 def draw(scores: torch.Tensor) -> torch.Tensor:
-    """One token per row from softmax(scores) [B, V] using the global torch RNG: [B] int64.
+    """One token per row from softmax(scores) [B, V] using the global torch RNG: [B] int64 (module docstring).
 
-    argmax(p / E) with E ~ Exp(1) is how torch.multinomial draws a single sample, so a seeded call picks
-    the token `generate` would pick from the same probabilities (and consumes the same random numbers).
+    F runs in float64: in fp32 a 150k-token running sum rounds a 1e-6 probability by ~6% where F is near 1/2.
+    A token of probability 0 (outside the nucleus) is never chosen: F does not rise at it, so the first index
+    past the target is never one; the target is kept below F_V so that index always exists.
     """
-    probs = scores.softmax(dim=-1)  # [B, V]
-    race = torch.empty_like(probs).exponential_(1)  # [B, V]
-    return (probs / race).argmax(dim=-1)  # [B]
+    cdf = scores.softmax(dim=-1).double().cumsum(dim=-1)  # [B, V] (the sum in float64; fp32 softmax is ~8x cheaper)
+    total = cdf[:, -1:]  # [B, 1] 1 up to rounding
+    u = torch.rand(total.shape, dtype=torch.float64, device=scores.device)  # [B, 1]
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # [B, 1] below F_V
+    return torch.searchsorted(cdf, target, right=True)[:, 0]  # [B]
 
 
 def choose_tokens(logits: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
