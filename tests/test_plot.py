@@ -150,3 +150,16 @@ def test_unwritable_out_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["plot", str(run), "--out", str(tmp_path / "x.png")]) == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
     assert f"out: cannot write {str(tmp_path / 'x.png')!r} (Read-only file system)" in err and "Traceback" not in err
+
+
+def test_a_committed_run_with_gzipped_metrics_loads_like_the_plain_one(tmp_path):
+    import gzip
+    import shutil
+
+    plain = fake_run(tmp_path / "plain", "t-spmo", steps=40)
+    packed = tmp_path / "packed"
+    shutil.copytree(plain, packed)
+    (packed / "metrics.jsonl.gz").write_bytes(gzip.compress((packed / "metrics.jsonl").read_bytes()))
+    (packed / "metrics.jsonl").unlink()  # as benchmarks/results/ keeps a run
+    a, b = load_run(plain), load_run(packed)
+    assert a.train == b.train and a.evals == b.evals and len(b.train) == 40

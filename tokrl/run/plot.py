@@ -12,6 +12,7 @@ results.json or else the newest checkpoint-*/config.yaml. matplotlib is optional
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import statistics
@@ -98,14 +99,17 @@ def _record(line: bytes) -> dict[str, Any] | None:
 
 
 def load_run(run_dir: str | Path) -> RunCurves:
-    """Read `run_dir`/metrics.jsonl and the run's label; lines that are not metrics records (cut short by a
-    crash, edited by hand) are skipped with one warning naming them."""
+    """Read `run_dir`/metrics.jsonl (or metrics.jsonl.gz) and the run's label; lines that are not metrics records
+    (cut short by a crash, edited by hand) are skipped with one warning naming them."""
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file() and metrics.with_name("metrics.jsonl.gz").is_file():
+        metrics = metrics.with_name("metrics.jsonl.gz")  # as committed runs keep it (benchmarks/results/)
     if not metrics.is_file():
         raise FileNotFoundError(f"run_dir: {str(run_dir)!r} has no metrics.jsonl; expected a `tokrl train` output_dir")
+    raw = gzip.decompress(metrics.read_bytes()) if metrics.suffix == ".gz" else metrics.read_bytes()
     records, skipped = [], []
-    for number, line in enumerate(metrics.read_bytes().splitlines(), start=1):
+    for number, line in enumerate(raw.splitlines(), start=1):
         record = _record(line)
         if record is not None:
             records.append(record)
