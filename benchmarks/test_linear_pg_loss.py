@@ -198,19 +198,16 @@ def _epilogue_loss(case: Case, logp: torch.Tensor) -> torch.Tensor:
     return loss_rows.sum()
 
 
+def _pg_args(case: Case, weight: torch.Tensor) -> tuple[tuple, dict]:
+    """The positional and keyword arguments every linear PG-loss function of the suite takes for `case`."""
+    args = (case.hidden, weight, case.targets, case.advantages, case.index)
+    return args, {"old_logp": case.old_logp, "weights": case.weights, "eps_low": EPS_LOW, "eps_high": EPS_HIGH}
+
+
 def run_naive(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """bench_utils.naive_pg_loss: the same function kernel_check.py times as naive."""
-    return naive_pg_loss(
-        case.hidden,
-        weight,
-        case.targets,
-        case.advantages,
-        case.index,
-        old_logp=case.old_logp,
-        weights=case.weights,
-        eps_low=EPS_LOW,
-        eps_high=EPS_HIGH,
-    )
+    args, kwargs = _pg_args(case, weight)
+    return naive_pg_loss(*args, **kwargs)
 
 
 def run_naive_sel(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,17 +230,8 @@ def run_trl_selective(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def run_chunked_torch(case: Case, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out = chunked_pg_loss(
-        case.hidden,
-        weight,
-        case.targets,
-        case.advantages,
-        case.index,
-        old_logp=case.old_logp,
-        weights=case.weights,
-        eps_low=EPS_LOW,
-        eps_high=EPS_HIGH,
-    )
+    args, kwargs = _pg_args(case, weight)
+    out = chunked_pg_loss(*args, **kwargs)
     return out.loss, out.logp
 
 
@@ -252,19 +240,9 @@ def _tokrl_runner(variant: str):
         from tokrl_kernels.triton_logprob import backward_variant
 
         # The variant is read when the forward is called, so the later loss.backward() runs it too.
+        args, kwargs = _pg_args(case, weight)
         with backward_variant(variant):
-            out = tokrl_kernels.linear_pg_loss(
-                case.hidden,
-                weight,
-                case.targets,
-                case.advantages,
-                case.index,
-                old_logp=case.old_logp,
-                weights=case.weights,
-                eps_low=EPS_LOW,
-                eps_high=EPS_HIGH,
-                impl="triton",
-            )
+            out = tokrl_kernels.linear_pg_loss(*args, **kwargs, impl="triton")
         return out.loss, out.logp
 
     return run
