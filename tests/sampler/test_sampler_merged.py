@@ -133,3 +133,25 @@ def test_free_memory_is_read_on_a_cpu_and_unknown_without_meminfo(monkeypatch, t
     assert memory.free_memory_bytes(torch.device("cpu")) is None
     model = with_lora(build_family_model("llama")[0])
     assert resolve_sampler("auto", model).name == "tokrl"  # unknown free memory: no copies
+
+
+def test_a_merged_lora_on_a_tied_head_leaves_the_input_embedding_alone():
+    # The tiny model ties its LM head to the input embedding. peft's LoRA on lm_head changes the head's output
+    # only; the merged copy of the head's weight must not replace the embedding it is tied to (functional_call's
+    # default tie_weights=True did, and the merged sampler's tokens left generate's).
+    from tokrl.models.tiny import build_tiny_model
+
+    base, tok = build_tiny_model(seed=0, initializer_range=0.3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], lora_dropout=0.0)
+        model = get_peft_model(base, config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5)
+    model.eval()
+    head = model.get_base_model().lm_head.base_layer.weight
+    assert head is model.get_base_model().model.embed_tokens.weight and merge_reason(model) is None
+    prompts = prompts_with_replay(tok)
+    assert _tokens(model, tok, prompts, "tokrl-merged").completions == _tokens(model, tok, prompts, "hf").completions
