@@ -18,6 +18,7 @@ import torch
 
 from tokrl.algorithms import Algorithm, Group, GroupSelection
 from tokrl.infra import distributed
+from tokrl.sampler.rows import left_pad
 
 if TYPE_CHECKING:
     from tokrl.stages.collect import RolloutBatch
@@ -48,13 +49,9 @@ def pack_sequences(
     needs completion[:t] (the hidden state at the last prompt token predicts token 0).
     """
     rows = [list(p) + list(c) for p, c in zip(prompts, continuations, strict=True)]
-    width = max((len(row) for row in rows), default=0)
-    # The same tensors as `left_pad`, which writes them row by row; built as padded Python lists and converted
-    # in one call each, since a per-row tensor write costs more than a row's few tokens.
-    ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], dtype=torch.int64)  # [B, L]
-    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.int64)  # [B, L]
+    ids, mask = left_pad(rows, pad_id, device)  # [B, L], [B, L]
+    width = ids.shape[1]
     start = [b * width + (width - len(row)) + len(p) - 1 for b, (row, p) in enumerate(zip(rows, prompts, strict=True))]
-    ids, mask = ids.reshape(len(rows), width).to(device), mask.reshape(len(rows), width).to(device)  # [B, L] ([0, 0])
     return PackedBatch(ids, mask, torch.tensor(start, dtype=torch.int64, device=ids.device))  # start: [B]
 
 
