@@ -115,6 +115,14 @@ POLICY_BOUNDS = {"mean": (3.0, 0.0), "p95": (3.0, 0.0)}
 
 
 @torch.no_grad()
+def teacher_forced_logits(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    """Logits [n, V] (the model's dtype) predicting each of the n completion tokens, from one unpadded forward
+    over prompt + completion[:-1] (no cache), on the model's device."""
+    ids = torch.tensor([prompt + completion[:-1]], device=next(model.parameters()).device)  # [1, len + n - 1]
+    return model(input_ids=ids).logits[0, len(prompt) - 1 :]  # [n, V]
+
+
+@torch.no_grad()
 def completion_logps(model, prompts, tokens, g: int, incremental: bool = False) -> torch.Tensor:
     """log softmax(logits)[token] of every completion token [tokens] under `model` (rows p*G .. p*G + G - 1
     continue prompt p). incremental=False: one forward over prompt + completion (teacher forcing);
@@ -135,8 +143,7 @@ def completion_logps(model, prompts, tokens, g: int, incremental: bool = False) 
                 steps.append(model(input_ids=ids, use_cache=True, **{cache_name: cache}).logits[0, -1:])
             logits = torch.cat(steps).float()  # [n, V]
         else:
-            ids = torch.tensor([prompt + completion[:-1]], device=device)  # [1, len + n - 1]
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1 :].float()  # [n, V]
+            logits = teacher_forced_logits(model, prompt, completion).float()  # [n, V]
         chosen = torch.tensor(completion, device=device)[:, None]  # [n, 1]
         out.append(logits.log_softmax(-1).gather(1, chosen)[:, 0])
     return torch.cat(out)  # [tokens]
@@ -238,9 +245,7 @@ def assert_sampled_tokens_match_a_forward(model, rollout, temperature: float, to
     warper = TopPLogitsWarper(top_p, min_tokens_to_keep=1)
     for prompt, completion, logps in zip(rollout.prompts, rollout.completions, rollout.logprobs, strict=True):
         tokens = torch.tensor(completion)  # [n]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()  # [len, V]
-        scaled = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature  # [n, V]
+        scaled = teacher_forced_logits(model, prompt, completion).float() / temperature  # [n, V]
         want = scaled.log_softmax(-1).gather(1, tokens[:, None])[:, 0]  # [n]
         torch.testing.assert_close(torch.tensor(logps), want, rtol=0, atol=atol)
         inside = torch.isfinite(warper(None, scaled.clone()).gather(1, tokens[:, None]))  # [n, 1]

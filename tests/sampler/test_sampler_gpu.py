@@ -13,7 +13,14 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tests.sampler.helpers import BF16_FAMILIES, check_bf16_family, prompts_with_replay, qwen2_lora, tiny_model
+from tests.sampler.helpers import (
+    BF16_FAMILIES,
+    check_bf16_family,
+    prompts_with_replay,
+    qwen2_lora,
+    teacher_forced_logits,
+    tiny_model,
+)
 from tokrl.models.lora import apply_lora
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph
 from tokrl.sampler.rollout import generate, sample_groups
@@ -93,13 +100,10 @@ def test_one_or_two_new_tokens_capture_without_a_device_fault(on_gpu, n):
 def _teacher_forced_gap(model, prompts, tokens, logps, g) -> torch.Tensor:
     """|logp_sampler - logp of the same token in one forward over prompt + completion| for every token."""
     gaps = []
-    with torch.no_grad():
-        for row, (completion, sampled) in enumerate(zip(tokens, logps, strict=True)):
-            prompt = prompts[row // g]
-            ids = torch.tensor([prompt + completion[:-1]], device=DEVICE)  # [1, len + n - 1]
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1 :].float()  # [n, V]
-            want = logits.log_softmax(-1).gather(1, torch.tensor(completion, device=DEVICE)[:, None])[:, 0]
-            gaps.append((want - torch.tensor(sampled, device=DEVICE)).abs())
+    for row, (completion, sampled) in enumerate(zip(tokens, logps, strict=True)):
+        logits = teacher_forced_logits(model, prompts[row // g], completion).float()  # [n, V]
+        want = logits.log_softmax(-1).gather(1, torch.tensor(completion, device=DEVICE)[:, None])[:, 0]
+        gaps.append((want - torch.tensor(sampled, device=DEVICE)).abs())
     return torch.cat(gaps)  # [tokens]
 
 

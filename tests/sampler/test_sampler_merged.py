@@ -11,7 +11,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tests.model_families import build_family_model
-from tests.sampler.helpers import assert_sampled_tokens_match_a_forward, prompts_with_replay, with_lora
+from tests.sampler.helpers import (
+    assert_sampled_tokens_match_a_forward,
+    prompts_with_replay,
+    teacher_forced_logits,
+    with_lora,
+)
 from tests.utils import assert_close_to_ref
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph, registry, resolve_sampler
 from tokrl.sampler.merged import merge_reason, merged_weights
@@ -39,8 +44,7 @@ def test_merged_sampling_equals_the_unmerged_model(name):
 
 def _teacher_forced(model, prompt, completion) -> torch.Tensor:
     """log softmax(logits / 0.8) of each completion token in one forward of the unmerged model."""
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([prompt + completion[:-1]])).logits[0, len(prompt) - 1 :]  # [n, V]
+    logits = teacher_forced_logits(model, prompt, completion)  # [n, V] in the model's dtype (fp64 for the ref)
     return (logits / 0.8).log_softmax(-1).gather(1, torch.tensor(completion)[:, None])[:, 0]  # [n]
 
 
