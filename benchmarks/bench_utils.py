@@ -35,27 +35,33 @@ ON_CUDA = torch.cuda.is_available() and os.environ.get("TOKRL_BENCH_DEVICE", "")
 DEVICE = torch.device("cuda") if ON_CUDA else torch.device("cpu")
 
 
+def qwen2_1_5b_config(layers: int = 28, **fields: object):  # -> transformers.Qwen2Config
+    """The Qwen2-1.5B architecture (GQA 6:1, head dim 128, V 151,936, tied head, sdpa) with `layers` decoder
+    layers; `fields` override or add Qwen2Config fields (a smaller shape of the same family, for CPU)."""
+    from transformers import Qwen2Config
+
+    shape = {
+        "vocab_size": 151936,
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+        "rope_theta": 1e6,
+        "rms_norm_eps": 1e-6,
+        "attn_implementation": "sdpa",
+    }
+    return Qwen2Config(**{**shape, "num_hidden_layers": layers, **fields})
+
+
 def build_bench_model(**cuda_config: object) -> tuple[torch.nn.Module, str]:
     """(model, description) for the e2e benchmarks: on CUDA the Qwen2-1.5B architecture from its config with
     random weights (bf16, sdpa attention, no download; `cuda_config` adds Qwen2Config fields); on CPU tokrl's
     tiny Qwen2 (fp32). No LoRA yet."""
     if ON_CUDA:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from transformers import Qwen2ForCausalLM
 
-        config = Qwen2Config(
-            vocab_size=151936,
-            hidden_size=1536,
-            intermediate_size=8960,
-            num_hidden_layers=28,
-            num_attention_heads=12,
-            num_key_value_heads=2,
-            max_position_embeddings=131072,
-            tie_word_embeddings=True,
-            rope_theta=1e6,
-            rms_norm_eps=1e-6,
-            attn_implementation="sdpa",
-            **cuda_config,
-        )  # Qwen2-1.5B
+        config = qwen2_1_5b_config(28, max_position_embeddings=131072, **cuda_config)
         torch.manual_seed(0)
         with torch.device(DEVICE):
             model = Qwen2ForCausalLM(config).to(torch.bfloat16)

@@ -41,8 +41,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+if str(HERE) not in sys.path:  # bench_utils, also when a test loads this file by path
+    sys.path.insert(0, str(HERE))
+
+from bench_utils import qwen2_1_5b_config  # noqa: E402
 
 from tokrl.models.forward import transformers_model  # noqa: E402
 from tokrl.models.lora import apply_lora  # noqa: E402
@@ -62,33 +67,10 @@ EOS = 151643  # Qwen2's <|endoftext|>; random weights rarely pick it (the tiny m
 def qwen2_1_5b_lora(layers: int, device: torch.device, tiny: bool = False, dtype=torch.bfloat16) -> torch.nn.Module:
     """The Qwen2-1.5B architecture (or, tiny, the same family at D 64, V 1000) with `layers` layers and a
     LoRA r=16 on q/k/v/o/gate/up/down whose B is non-zero; eval mode."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    shape = (
-        {
-            "vocab_size": 1000,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        }
-        if tiny
-        else {
-            "vocab_size": 151936,
-            "hidden_size": 1536,
-            "intermediate_size": 8960,
-            "num_attention_heads": 12,
-            "num_key_value_heads": 2,
-        }
-    )
-    config = Qwen2Config(
-        **shape,
-        num_hidden_layers=layers,
-        tie_word_embeddings=True,
-        rope_theta=1e6,
-        rms_norm_eps=1e-6,
-        attn_implementation="sdpa",
-    )
+    tiny_shape = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
+    config = qwen2_1_5b_config(layers, **(tiny_shape if tiny else {}))
     torch.manual_seed(0)
     with torch.device(device):
         model = apply_lora(Qwen2ForCausalLM(config).to(dtype), r=16, alpha=32, dropout=0.05)

@@ -11,7 +11,6 @@ import gc
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tests.sampler.helpers import (
     BF16_FAMILIES,
@@ -21,7 +20,7 @@ from tests.sampler.helpers import (
     teacher_forced_logits,
     tiny_model,
 )
-from tokrl.models.lora import apply_lora
+from tests.utils import load_benchmark_script
 from tokrl.sampler import SAMPLERS, SamplingOptions, cuda_graph
 from tokrl.sampler.rollout import generate, sample_groups
 
@@ -119,25 +118,7 @@ def _sample_tokrl(model, prompts, g, n, options, eos, name="tokrl"):
 def qwen2_1_5b():
     """The Qwen2-1.5B architecture, 2 layers, bf16: GQA 6:1, head dim 128, V = 151,936 (top-p sorts it every
     step), LoRA r=16 on q/k/v/o/gate/up/down with B drawn non-zero; 4 prompts of 24-31 random tokens."""
-    config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=2,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        rope_theta=1e6,
-        rms_norm_eps=1e-6,
-        attn_implementation="sdpa",
-    )
-    torch.manual_seed(0)
-    with torch.device(DEVICE):
-        model = apply_lora(Qwen2ForCausalLM(config).to(torch.bfloat16), r=16, alpha=32, dropout=0.05).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
+    model = load_benchmark_script("sampler_check").qwen2_1_5b_lora(2, DEVICE)  # the sampler check's model
     gen = torch.Generator().manual_seed(1)
     return model, [torch.randint(3, 151936, (n,), generator=gen).tolist() for n in (24, 31, 28, 30)]
 
