@@ -197,7 +197,6 @@ def run_eager(
     state = start_state(
         body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id, arena=arena, overrides=overrides
     )
-    # No graph replays these steps: attend over the filled columns only, write each at its host-known column.
-    state.window_step, state.cache.host_columns = 1, True
+    state.cache.eager = True  # no graph replays these steps (`DecodeCache.eager`)
     decode_until_done(state, max_new_tokens, check_every, lambda: decode_step(body, state, options, overrides))
     return state

@@ -100,16 +100,17 @@ class DecodeCache(_EngineCache):
         super().__init__()
         self.layers = [_Layer(self, i, k, v) for i, (k, v) in enumerate(zip(keys, values, strict=True))]
         self.columns = columns  # [1] int64 on the device: the column the next decode step writes
-        # An eager decode may write at the host's `length` instead (the same column): a narrow copy, ~4x cheaper
-        # on a CPU than index_copy_ with a device index, which only a captured graph needs.
-        self.host_columns = False
+        # True when no captured graph replays the steps: each writes at the host's `length` (the same column: a
+        # narrow copy, ~4x cheaper on a CPU than index_copy_ with a device index, which only a graph needs) and
+        # attends over the filled columns only (`state.window_for`).
+        self.eager = False
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write key/value states [R, H_kv, q, D] at `columns`; return the layer's first `window` columns."""
         layer = self.layers[layer_idx]
-        if self.host_columns:
+        if self.eager:
             layer.keys.narrow(2, self.length, key_states.shape[2]).copy_(key_states)  # [R, H_kv, q, D]
             layer.values.narrow(2, self.length, value_states.shape[2]).copy_(value_states)
         else:

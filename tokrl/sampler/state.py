@@ -60,7 +60,6 @@ class DecodeState:
     pad: torch.Tensor
     width: int
     max_new_tokens: int
-    window_step: int = WINDOW_STEP  # attention windows are multiples of this (`window_for`)
 
     @property
     def column(self) -> torch.Tensor:
@@ -78,11 +77,11 @@ class DecodeState:
         """Host bookkeeping before decode step t >= 1 (it feeds token t - 1 at column L + t - 1)."""
         column = self.width + t - 1
         self.cache.length = column
-        self.cache.window = window_for(column, self.bias.shape[-1], self.window_step)
+        self.cache.window = window_for(column, self.bias.shape[-1], 1 if self.cache.eager else WINDOW_STEP)
 
     def reveal_column(self) -> None:
-        """Unmask the cache column this step writes (at the host's column when the cache writes there)."""
-        if self.cache.host_columns:
+        """Unmask the cache column this step writes (at the host's column when decoding eagerly)."""
+        if self.cache.eager:
             self.bias.narrow(3, self.cache.length, 1).zero_()  # [R, 1, 1, 1]
         else:
             self.bias.index_fill_(3, self.column, 0.0)  # [R, 1, 1, C]
