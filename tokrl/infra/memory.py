@@ -21,18 +21,24 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 _MEMINFO = Path("/proc/meminfo")
 
 
+def _proc_kib(path: Path, key: str) -> int | None:
+    """The kB value of `key` in a /proc status-style file ("Key:   1234 kB"); None where it cannot be read."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def free_memory_bytes(device: torch.device) -> int | None:
     """Bytes free for new tensors on `device`: CUDA's free device memory, on CPU the system's MemAvailable
     (Linux); None where it cannot be read."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in _MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 2**10  # kB
-    except OSError:
-        pass
-    return None
+    kib = _proc_kib(_MEMINFO, "MemAvailable")
+    return None if kib is None else kib * 2**10
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -50,11 +56,8 @@ def peak_memory_mib(device: torch.device) -> float:
     """Peak memory in MiB since `reset_peak_memory(device)`: CUDA allocated bytes, else the process's RSS peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
+    peak_kib = _proc_kib(_PROC_STATUS, "VmHWM")
+    if peak_kib is not None:
+        return peak_kib / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
