@@ -1,6 +1,6 @@
 """The CPU twin of the GPU test of bf16 log-probs on every family (tests/sampler/test_sampler_gpu.py,
 `test_families_in_bf16_are_graphed_and_match_a_forward`): the same models, prompts and check on the eager
-path, which does the graphed path's math without graphs. The sampler's log-probs of its own tokens may be no
+path, which does the graphed path's math per row without graphs (one forward row per distinct prefix). The sampler's log-probs of its own tokens may be no
 further than HF's own bf16 decode's from a forward of the policy the sampler runs (its adapters in bf16) and
 from the exact policy (an fp32 forward): `tests.sampler.helpers.assert_bf16_logps_as_close_as_hf_decode` says
 why, with the numbers. The last test shows the check catches small faults."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.sampler.helpers import BF16_FAMILIES, check_bf16_family
-from tokrl.sampler import adapters, engine
+from tokrl.sampler import adapters, engine, prefix_decode
 
 CPU = torch.device("cpu")
 
@@ -36,7 +36,8 @@ def _position_off_by_one(monkeypatch):
     def shifted(body, ids, positions, bias, cache, overrides=None):
         return forward(body, ids, positions + (ids.shape[1] == 1), bias, cache, overrides)  # decode steps only
 
-    monkeypatch.setattr(engine, "forward_logits", shifted)
+    for module in (engine, prefix_decode):  # the graphed steps' loop and the eager one
+        monkeypatch.setattr(module, "forward_logits", shifted)
 
 
 def _lora_b_copies_off_by_3_percent(monkeypatch):

@@ -1,6 +1,8 @@
-"""The sampler's memory: one decode cache per model (the arena), reused from call to call and grown (old
+"""The graphed sampler's memory: one decode cache per model (the arena), reused from call to call and grown (old
 buffers released first, with the graphs that read them) only when a call needs more; the prefill holds the
-distinct prompts only ([P, L], not a second [R, C] cache per call)."""
+distinct prompts only ([P, L], not a second [R, C] cache per call). The graphed path runs here with
+`cuda_graph.CallReplay` (the captured step replayed as a plain call), as on CPU there are no graphs; the eager
+decode keeps no arena (its caches are the distinct prefixes', tests/sampler/test_prefix_decode.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def _sample(model, tok, prompts, g, n):
 
 
 def test_calls_reuse_one_arena_and_prefill_only_the_distinct_prompts(monkeypatch):
+    monkeypatch.setattr(cuda_graph, "backend_for", lambda device: cuda_graph.CallReplay())
     _, tok = tiny_model()
     model = qwen2_lora(tok)
     body = transformers_model(model)
@@ -46,7 +49,7 @@ def test_calls_reuse_one_arena_and_prefill_only_the_distinct_prompts(monkeypatch
     arena = arena_for(body)
     width = max(len(p) for p in prompts)
     assert prefills == [(len(prompts), width)]  # the 6 distinct prompts, not their 24 rows
-    assert arena.allocations == 1 and arena.layout.rows == 4 * len(prompts)
+    assert arena.allocations == 1 and arena.layout.rows == cuda_graph.row_bucket(4 * len(prompts))
     addresses = [t.data_ptr() for t in arena.keys + arena.values]
     _sample(model, tok, [p[:3] for p in prompts], 2, 8)  # fewer rows and columns: the same buffers
     _sample(model, tok, prompts, 4, 8)
@@ -75,7 +78,8 @@ def test_growing_the_arena_drops_the_graphs_that_read_it(monkeypatch):
     assert len(tokens) == 2 * len(prompts) and all(len(t) == 8 for t in tokens)
 
 
-def test_each_model_keeps_its_own_arena():
+def test_each_model_keeps_its_own_arena(monkeypatch):
+    monkeypatch.setattr(cuda_graph, "backend_for", lambda device: cuda_graph.CallReplay())
     _, tok = tiny_model()
     a, b = qwen2_lora(tok), qwen2_lora(tok)
     _sample(a, tok, prompts_with_replay(tok), 2, 4)

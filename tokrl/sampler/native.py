@@ -1,4 +1,5 @@
-"""The `tokrl` sampler: the engine of tokrl/sampler/engine.py, eager on CPU, CUDA-graph decode steps on GPU."""
+"""The `tokrl` sampler: the engine of tokrl/sampler/engine.py; CUDA-graph decode steps on GPU, and an eager decode
+that forwards each distinct prefix once elsewhere (tokrl/sampler/prefix_decode.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import torch
 from tokrl.models.forward import transformers_model
 from tokrl.sampler import cuda_graph
 from tokrl.sampler.adapters import WeightCopies, adapter_copies
-from tokrl.sampler.engine import run_eager
+from tokrl.sampler.prefix_decode import run_prefix_shared
 from tokrl.sampler.registry import register_sampler
 from tokrl.sampler.rows import cut_at_eos
-from tokrl.sampler.state import arena_for
 from tokrl.sampler.support import unsupported_reason
 from tokrl.sampler.token_sampling import SamplingOptions
 
@@ -68,7 +68,7 @@ class TokrlSampler:
         with self.session(model):
             weights = self.weights(model, body)
             if backend is None:
-                state = run_eager(*args, arena=arena_for(body), weights=weights)
+                state = run_prefix_shared(*args, overrides=weights.copies)
             else:
                 state, stats = cuda_graph.run_graphed(*args, backend=backend, weights=weights)
                 self.stats.add(stats)

@@ -59,27 +59,37 @@ def warp_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch
     return scores.masked_fill(drop, -float("inf"))  # [B, V]
 
 
-def draw(scores: torch.Tensor) -> torch.Tensor:
+def draw(scores: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from softmax(scores) [B, V] using the global torch RNG: [B] int64 (module docstring).
+    rows [B'] int64: draw B' tokens instead, row i from softmax(scores[rows[i]]) (rows that share a distribution
+    share its cumulative sums; each still draws its own uniform).
 
     F runs in float64: in fp32 a 150k-token running sum rounds a 1e-6 probability by ~6% where F is near 1/2.
     A token of probability 0 (outside the nucleus) is never chosen: F does not rise at it, so the first index
     past the target is never one; the target is kept below F_V so that index always exists.
     """
     cdf = scores.softmax(dim=-1).double().cumsum(dim=-1)  # [B, V] (the sum in float64; fp32 softmax is ~8x cheaper)
+    if rows is not None:
+        cdf = cdf.index_select(0, rows)  # [B', V]
     total = cdf[:, -1:]  # [B, 1] 1 up to rounding
     u = torch.rand(total.shape, dtype=torch.float64, device=scores.device)  # [B, 1]
     target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # [B, 1] below F_V
     return torch.searchsorted(cdf, target, right=True)[:, 0]  # [B]
 
 
-def choose_tokens(logits: torch.Tensor, options: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens [B] int64 and their log-probs [B] fp32 under softmax(logits / T) from logits [B, V]."""
+def choose_tokens(
+    logits: torch.Tensor, options: SamplingOptions, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens [B] int64 and their log-probs [B] fp32 under softmax(logits / T) from logits [B, V].
+    rows [B'] int64: B' tokens instead, token i from logits[rows[i]] (rows sharing a prefix share its logits)."""
     logits = logits.float()  # [B, V]
     if options.do_sample:
-        tokens = draw(warp_scores(logits, options.temperature, options.top_p))  # [B]
+        tokens = draw(warp_scores(logits, options.temperature, options.top_p), rows)  # [B']
     else:
         tokens = logits.argmax(dim=-1)  # [B]
+        tokens = tokens if rows is None else tokens.index_select(0, rows)  # [B']
     scaled = logits / options.logp_temperature if options.logp_temperature != 1.0 else logits  # [B, V]
-    logp = scaled.log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]  # [B]
-    return tokens, logp
+    logp = scaled.log_softmax(dim=-1)  # [B, V]
+    if rows is not None:
+        return tokens, logp[rows, tokens]  # [B'], [B']
+    return tokens, logp.gather(1, tokens[:, None])[:, 0]  # [B], [B]
