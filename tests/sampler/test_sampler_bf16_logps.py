@@ -1,9 +1,10 @@
 """The CPU twin of the GPU test of bf16 log-probs on every family (tests/sampler/test_sampler_gpu.py,
 `test_families_in_bf16_are_graphed_and_match_a_forward`): the same models, prompts and check on the eager
-path, which does the graphed path's math per row without graphs (one forward row per distinct prefix). The sampler's log-probs of its own tokens may be no
-further than HF's own bf16 decode's from a forward of the policy the sampler runs (its adapters in bf16) and
-from the exact policy (an fp32 forward): `tests.sampler.helpers.assert_bf16_logps_as_close_as_hf_decode` says
-why, with the numbers. The last test shows the check catches small faults."""
+path, which does the graphed path's math per row without graphs (one forward row per distinct prefix). The
+sampler's log-probs of its own tokens may be no further than HF's own bf16 decode's from a forward of the
+policy the sampler runs (its adapters in bf16) and from the exact policy (an fp32 forward):
+`tests.sampler.helpers.assert_bf16_logps_as_close_as_hf_decode` says why, with the numbers. The last test
+shows the check catches small faults."""
 
 from __future__ import annotations
 
