@@ -1,4 +1,6 @@
-"""The loss forward with each distinct prompt run once: the rows that share it continue from its keys/values.
+"""The loss forward with each distinct prompt run once: one pass over each prompt's prefix tree
+(tokrl/stages/prefix_tree.py) where that is estimated no costlier, else two passes, the rows continuing from
+their prompt's keys/values (below).
 
 The packed forward (`tokrl.stages.select.pack_loss_batch`) runs every loss row whole, prompt_b + c_b with
 c_b = completion_b[:last selected position], so a prompt sampled G times runs G times. Here, in two passes:
@@ -35,6 +37,13 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from tokrl.models.forward import transformers_model
+from tokrl.stages.prefix_tree import (
+    PrefixTreeBatch,
+    PrefixTrees,
+    pack_prefix_trees,
+    prefix_tree_hidden,
+    tree_is_cheaper,
+)
 from tokrl.stages.select import LossRows
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
@@ -98,9 +107,26 @@ def pack_shared_prompts(
     rows: LossRows,
     pad_id: int,
     device: torch.device | str,
+    hidden_size: int | None = None,
+) -> tuple[SharedPromptBatch | PrefixTreeBatch, torch.Tensor]:
+    """The batch for the rollout rows that own a selected token, and the flat hidden-state index of every
+    selected token ([k] int64 into `shared_prompt_hidden`'s rows): the prefix-tree pass when `hidden_size` (D)
+    is given and `tree_is_cheaper` says so, else the two passes."""
+    if hidden_size is not None:
+        trees = PrefixTrees.build(prompts, completions, rows)
+        if tree_is_cheaper(trees, hidden_size):
+            return pack_prefix_trees(trees, rows, pad_id, device)
+    return pack_two_passes(prompts, completions, rows, pad_id, device)
+
+
+def pack_two_passes(
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    rows: LossRows,
+    pad_id: int,
+    device: torch.device | str,
 ) -> tuple[SharedPromptBatch, torch.Tensor]:
-    """The two passes' batch for the rollout rows that own a selected token, and the flat hidden-state index
-    of every selected token ([k] int64 into `shared_prompt_hidden`'s rows)."""
+    """The two passes' batch (module docstring) and the flat hidden-state index of every selected token."""
     row_ids, positions = rows.row.tolist(), rows.position.tolist()
     last: dict[int, int] = {}
     for b, t in zip(row_ids, positions, strict=True):
@@ -138,8 +164,11 @@ def _additive_bias(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
 
 
-def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch) -> torch.Tensor:
-    """Final-norm hidden states of both passes, flattened: [P * Lp + B * Lc, D] (module docstring)."""
+def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch | PrefixTreeBatch) -> torch.Tensor:
+    """Final-norm hidden states of either layout, flattened: [P * Lp + B * Lc, D] for the two passes (module
+    docstring), [P * W, D] for the prefix trees."""
+    if isinstance(batch, PrefixTreeBatch):
+        return prefix_tree_hidden(model, batch)
     decoder = _decoder(model)
     cache_arg = _cache_argument(type(decoder))
     dtype = decoder.get_input_embeddings().weight.dtype

@@ -19,13 +19,15 @@ those of one forward over all rows (up to float rounding and LoRA dropout masks)
 m rows are alive at once, which bounds the update's memory by m x the longest row whatever the batch is.
 
 `share_prompts` swaps the packed forward for tokrl/stages/prompt_sharing.py's: each distinct prompt of a micro-batch
-runs once and its rows continue from its keys/values (same values up to float summation order; LoRA dropout
-masks on prompt tokens are then drawn per prompt, not per row).
+runs once, and either each distinct completion prefix runs once after it (one pass over its prefix tree,
+tokrl/stages/prefix_tree.py) or the rows continue from its keys/values, whichever is estimated cheaper (same
+values up to float summation order; LoRA dropout masks on shared tokens are then drawn once, not per row).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -43,6 +45,7 @@ from tokrl.infra.lr_schedule import lr_scheduler
 from tokrl.infra.memory import peak_memory_mib, reset_peak_memory
 from tokrl.models.forward import hidden_states, lm_head_weight, router_aux_loss_note, set_training
 from tokrl.models.head import logit_transform
+from tokrl.stages.prefix_tree import PrefixTreeBatch
 from tokrl.stages.prompt_sharing import SharedPromptBatch, pack_shared_prompts, shared_prompt_hidden, unsupported_reason
 from tokrl.stages.select import LossRows, PackedBatch, last_positions, pack_loss_batch
 from tokrl_kernels import linear_logprob, linear_pg_loss
@@ -67,7 +70,12 @@ class _LossForward:
 
 
 PACKED = _LossForward(pack_loss_batch, _packed_hidden, lambda batch: batch.attention_mask.sum())
-SHARED_PROMPTS = _LossForward(pack_shared_prompts, shared_prompt_hidden, lambda batch: batch.tokens)
+
+
+def shared_prompts_forward(hidden_size: int) -> _LossForward:
+    """The shared-prompt forward for a model of hidden size D (which its layout choice weighs)."""
+    pack = functools.partial(pack_shared_prompts, hidden_size=hidden_size)
+    return _LossForward(pack, shared_prompt_hidden, lambda batch: batch.tokens)
 
 
 @dataclass
@@ -77,7 +85,7 @@ class _Part:
     iteration, its pi_old log-probs [k_j]."""
 
     keep: torch.Tensor
-    batch: PackedBatch | SharedPromptBatch
+    batch: PackedBatch | SharedPromptBatch | PrefixTreeBatch
     index: torch.Tensor
     targets: torch.Tensor
     rows: LossRows
@@ -207,7 +215,7 @@ class PolicyUpdate:
             # choice meeting a user's Gemma-2, say), the run goes on with the plain forward and says why.
             reason = unsupported_reason(model)
             if reason is None:
-                self.forward = SHARED_PROMPTS
+                self.forward = shared_prompts_forward(self.head.shape[1])
             else:
                 logger.warning("share_prompts: %s; the loss runs the plain forward (same loss, more tokens)", reason)
 
@@ -367,7 +375,7 @@ class PolicyUpdate:
 
     @torch.no_grad()
     def reference_logp(
-        self, batch: PackedBatch | SharedPromptBatch, index: torch.Tensor, targets: torch.Tensor
+        self, batch: PackedBatch | SharedPromptBatch | PrefixTreeBatch, index: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
         """log-probs of the selected tokens under the base model (adapter disabled, eval mode): [k] fp32."""
         set_training(self.model, False)
