@@ -57,7 +57,11 @@ class _Nodes:
         self.prompt = prompt  # [U] int64: the prompt each node continues
 
     def branch(self, parent: torch.Tensor) -> _Nodes:
-        """The next step's nodes, node j continuing `parent[j]` ([U'] int64): its cache rows are copied."""
+        """The next step's nodes, node j continuing `parent[j]` ([U'] int64): its cache rows are copied, unless
+        every node has exactly one child (long completions once they have parted), which keeps the rows as they are."""
+        same_rows = torch.arange(len(self.prompt), device=parent.device)  # [U]
+        if parent.shape == same_rows.shape and torch.equal(parent, same_rows):
+            return self
         return _Nodes(
             [k.index_select(0, parent) for k in self.keys],  # [U', H_kv, C, D]
             [v.index_select(0, parent) for v in self.values],
