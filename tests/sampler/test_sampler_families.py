@@ -127,7 +127,7 @@ def test_the_probe_catches_a_model_that_ignores_the_engine(monkeypatch, dtype):
     body = transformers_model(model.to(dtype))
     assert support_module.probe_reason(body) is None
     monkeypatch.setattr(
-        "tokrl.sampler.engine.hidden_bias", lambda visible, dtype: torch.zeros(visible.shape, dtype=dtype)
+        "tokrl.sampler.engine.additive_mask", lambda visible, dtype: torch.zeros(visible.shape, dtype=dtype)
     )
     reason = support_module.probe_reason(body)
     assert reason is not None and "differ from the model's own forward" in reason

@@ -48,6 +48,12 @@ def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
     return base_layer(head).weight  # [V, D]
 
 
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask a decoder takes in place of a boolean one (same shape): 0 where `visible`, the
+    dtype's min elsewhere (not -inf: a fully hidden pad row then averages values instead of producing NaN)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
+
+
 def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Final-norm hidden states [B, L, D] that feed the LM head, without computing logits.
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tokrl.models.forward import additive_mask
 from tokrl.sampler.adapters import WeightCopies, adapter_copies
 from tokrl.sampler.attention import engine_attention, query_columns
 from tokrl.sampler.kv_cache import DecodeCache, PromptCache
@@ -82,12 +83,6 @@ def forward_logits(
     return out.logits[:, -1]  # [rows, V]
 
 
-def hidden_bias(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention bias from a boolean visibility mask: 0 where visible, the dtype's min elsewhere
-    (not -inf: a fully hidden pad row then averages values instead of producing NaN)."""
-    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
-
-
 @torch.no_grad()
 def prefill(
     body: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, overrides: Overrides | None = None
@@ -99,7 +94,7 @@ def prefill(
     causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()  # [L, L]
     visible = causal[None] & mask.bool()[:, None, :]  # [P, L, L]: earlier real tokens only
     cache = PromptCache(width, ids.device)
-    logits = forward_logits(body, ids, positions, hidden_bias(visible[:, None], dtype), cache, overrides)  # [P, V]
+    logits = forward_logits(body, ids, positions, additive_mask(visible[:, None], dtype), cache, overrides)  # [P, V]
     cache.length = width
     return cache, logits
 
@@ -148,7 +143,7 @@ def start_state(
     del prompt_cache
     visible = torch.zeros(rows, state.bias.shape[-1], dtype=torch.bool, device=device)  # [R, C]
     visible[:batch, :width] = mask.bool()[source]  # [B, L]
-    state.bias.copy_(hidden_bias(visible[:, None, None, :], kv_dtype))  # [R, 1, 1, C]
+    state.bias.copy_(additive_mask(visible[:, None, None, :], kv_dtype))  # [R, 1, 1, C]
     lengths = torch.zeros(rows, dtype=torch.int64, device=device)  # [R]
     lengths[:batch] = mask.sum(-1)[source]  # [B] real prompt tokens of each row
     state.position.copy_(lengths[:, None])  # [R, 1] the position of token 0 when it is fed back

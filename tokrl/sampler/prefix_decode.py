@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tokrl.sampler.engine import Overrides, forward_logits, hidden_bias, prefill
+from tokrl.models.forward import additive_mask
+from tokrl.sampler.engine import Overrides, forward_logits, prefill
 from tokrl.sampler.kv_cache import DecodeCache
 from tokrl.sampler.rows import left_pad
 from tokrl.sampler.token_sampling import SamplingOptions, choose_tokens
@@ -103,7 +104,7 @@ def run_prefix_shared(
     del cache
     visible = torch.ones(len(prompts), columns, dtype=torch.bool, device=device)  # [P, C] generated columns visible
     visible[:, :width] = mask.bool()  # [P, L] the prompt's real tokens
-    prompt_bias = hidden_bias(visible[:, None, None, :], kv_dtype)  # [P, 1, 1, C]; the window hides the rest
+    prompt_bias = additive_mask(visible[:, None, None, :], kv_dtype)  # [P, 1, 1, C]; the window hides the rest
     lengths = mask.sum(-1)  # [P] real prompt tokens
     eos = torch.as_tensor(list(eos_ids), dtype=torch.int64, device=device)  # [E]
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.int64, device=device)  # [B, n]

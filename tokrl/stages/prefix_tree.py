@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokrl.models.forward import transformers_model
+from tokrl.models.forward import additive_mask, transformers_model
 from tokrl.stages.select import LossRows, last_positions
 
 
@@ -117,7 +117,7 @@ def _ancestors(parents: torch.Tensor, depth: int) -> torch.Tensor:
     count, nodes = parents.shape
     seen = torch.eye(nodes, dtype=torch.bool, device=parents.device).repeat(count, 1, 1)  # [P, N, N]
     sink = torch.zeros(count, nodes, nodes + 1, dtype=torch.bool, device=parents.device)  # column N: "no node"
-    above = parents  # [P, N] the ancestor `step` levels up
+    above = parents  # [P, N] each node's ancestor one level up, then two, ... (-1 past the root)
     for _ in range(depth - 1):
         sink.scatter_(2, above.masked_fill(above < 0, nodes)[..., None], True)
         above = torch.where(above < 0, above, parents.gather(1, above.clamp_min(0)))  # [P, N]
@@ -137,17 +137,19 @@ def pack_prefix_trees(
     ]
     lengths = torch.tensor([len(p) for p in trees.prompts], dtype=torch.int64)  # [P]
     real = torch.arange(prompt_width)[None, :] >= (prompt_width - lengths)[:, None]  # [P, Lp]
-    depth = torch.tensor([d + [0] * (nodes - len(d)) for d in trees.depths], dtype=torch.int64)  # [P, N]
-    parents = torch.tensor([q + [-1] * (nodes - len(q)) for q in trees.parents], dtype=torch.int64)  # [P, N]
+    depth = torch.tensor([d + [0] * (nodes - len(d)) for d in trees.depths], dtype=torch.int64)
+    depth = depth.reshape(count, nodes)  # [P, N] (0: a padding node)
+    parents = torch.tensor([q + [-1] * (nodes - len(q)) for q in trees.parents], dtype=torch.int64)
+    parents = parents.reshape(count, nodes)  # [P, N]
     positions = torch.cat(
-        [(real.cumsum(-1) - 1).clamp_min(0), (lengths[:, None] + depth.reshape(count, nodes) - 1).clamp_min(0)], dim=1
+        [(real.cumsum(-1) - 1).clamp_min(0), (lengths[:, None] + depth - 1).clamp_min(0)], dim=1
     )  # [P, W]
     visible = torch.zeros(count, width, width, dtype=torch.bool)  # [P, W, W]
     causal = torch.ones(prompt_width, prompt_width, dtype=torch.bool).tril()  # [Lp, Lp]
     visible[:, :prompt_width, :prompt_width] = causal[None] & real[:, None, :]
     visible[:, prompt_width:, :prompt_width] = real[:, None, :]
     deepest = max((max(d) for d in trees.depths if d), default=1)
-    visible[:, prompt_width:, prompt_width:] = _ancestors(parents.reshape(count, nodes), deepest)
+    visible[:, prompt_width:, prompt_width:] = _ancestors(parents, deepest)
     index = [
         trees.prompt_of_row[b] * width + (prompt_width - 1 if t == 0 else prompt_width + trees.path[b][t - 1])
         for b, t in zip(rows.row.tolist(), rows.position.tolist(), strict=True)
@@ -165,8 +167,7 @@ def prefix_tree_hidden(model: torch.nn.Module, batch: PrefixTreeBatch) -> torch.
     """Final-norm hidden states of the pass, flattened: [P * W, D] (module docstring)."""
     decoder = transformers_model(model).base_model
     dtype = decoder.get_input_embeddings().weight.dtype
-    bias = torch.zeros(batch.visible.shape, dtype=dtype, device=batch.visible.device)  # [P, W, W]
-    bias = bias.masked_fill(~batch.visible, torch.finfo(dtype).min)[:, None]  # [P, 1, W, W]
+    bias = additive_mask(batch.visible[:, None], dtype)  # [P, 1, W, W]
     hidden = decoder(
         input_ids=batch.ids, position_ids=batch.positions, attention_mask=bias, use_cache=False
     ).last_hidden_state  # [P, W, D]

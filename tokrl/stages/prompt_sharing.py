@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from tokrl.models.forward import transformers_model
+from tokrl.models.forward import additive_mask, transformers_model
 from tokrl.stages.prefix_tree import (
     PrefixTreeBatch,
     PrefixTrees,
@@ -159,11 +159,6 @@ def pack_two_passes(
     return batch, as_tensor(index).to(device)  # [k]
 
 
-def _additive_bias(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0 where visible, the dtype's min elsewhere (not -inf: a fully hidden pad row averages instead of NaN)."""
-    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
-
-
 def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch | PrefixTreeBatch) -> torch.Tensor:
     """Final-norm hidden states of either layout, flattened: [P * Lp + B * Lc, D] for the two passes (module
     docstring), [P * W, D] for the prefix trees."""
@@ -179,7 +174,7 @@ def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch | Pref
     hidden = decoder(
         input_ids=batch.prompt_ids,
         position_ids=(batch.prompt_mask.cumsum(-1) - 1).clamp_min(0),
-        attention_mask=_additive_bias((causal[None] & real[:, None, :])[:, None], dtype),
+        attention_mask=additive_mask((causal[None] & real[:, None, :])[:, None], dtype),
         use_cache=True,
         **{cache_arg: prefix},
     ).last_hidden_state  # [P, Lp, D]
@@ -197,7 +192,7 @@ def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch | Pref
         hidden = decoder(
             input_ids=batch.ids,
             position_ids=positions,
-            attention_mask=_additive_bias(visible[:, None], dtype),
+            attention_mask=additive_mask(visible[:, None], dtype),
             use_cache=True,
             **{cache_arg: cache},
         ).last_hidden_state  # [B, Lc, D]
