@@ -228,6 +228,8 @@ def test_a_reward_error_on_one_rank_saves_the_last_good_step_on_every_rank(workd
         assert f"--output-dir {out} --resume" in errors[0]
     assert "rank 1 of 2 failed: reward function 'rank1_fails_at' raised" in failed[0][1]  # rank 0 names rank 1
     assert "rank 1 of 2 failed during training (step 2)" in failed[1][1]  # rank 1 logs its own rank
+    assert "rank 0 of 2 stops during training (step 2): rank 1 of 2 failed" in failed[0][1]  # rank 0 did not fail
+    assert "rank 0 of 2 failed" not in failed[0][1]
     assert missing_files(checkpoint) == []
     assert (checkpoint / "rng_state_rank0.pt").is_file() and (checkpoint / "rng_state_rank1.pt").is_file()
     assert [p.name for p in out.glob("*checkpoint-*")] == ["checkpoint-1"]
@@ -261,7 +263,7 @@ def _fail_together_rank(rank: int, world: int, store: str, results: dict) -> Non
                 if rank in (1, 2):
                     raise ValueError(f"bad reward {rank}")
         except ValueError as err:
-            outcome = str(err)
+            outcome = (str(err), getattr(err, "failed_ranks", None))
         results[rank] = outcome
     finally:
         dist.destroy_process_group()
@@ -275,9 +277,9 @@ def test_fail_together_raises_on_every_rank_naming_the_failing_ones(tmp_path):
         results = manager.dict()
         mp.spawn(_fail_together_rank, args=(3, str(tmp_path / "store"), results), nprocs=3)
         assert dict(results) == {
-            0: "ranks 1, 2 of 3 failed; rank 1: bad reward 1",
-            1: "bad reward 1",  # a failing rank re-raises its own error
-            2: "bad reward 2",
+            0: ("ranks 1, 2 of 3 failed; rank 1: bad reward 1", [1, 2]),
+            1: ("bad reward 1", None),  # a failing rank re-raises its own error
+            2: ("bad reward 2", None),
         }
 
 

@@ -200,7 +200,8 @@ def fail_together(error_type: type[Exception]) -> Iterator[None]:
     """Run the block, then agree over ranks whether it raised `error_type` on any of them; if so, every rank raises.
 
     A collective in a multi-process run: every rank enters the block. A rank whose block raised `error_type`
-    re-raises its own error; the others raise `error_type("rank R of N failed: <its message>")`. The agreement
+    re-raises its own error; the others raise `error_type("rank R of N failed: <its message>")`, whose
+    `failed_ranks` lists the ranks that failed (so a rank's log says it stopped, not that it failed). The agreement
     is one all_reduce of a flag (the messages are gathered only after a failure); one process adds nothing.
     Other exceptions propagate at once, as without this (`report_failures` then stops the peers)."""
     if world_size() == 1:
@@ -216,7 +217,9 @@ def fail_together(error_type: type[Exception]) -> Iterator[None]:
         first, message = next(iter(failed.items()))
         ranks = f"rank {first}" if len(failed) == 1 else "ranks " + ", ".join(map(str, failed))
         where = "" if len(failed) == 1 else f"; rank {first}"
-        raise error_type(f"{ranks} of {world_size()} failed{where}: {message}")
+        error = error_type(f"{ranks} of {world_size()} failed{where}: {message}")
+        error.failed_ranks = sorted(failed)  # what `report_failures` tells apart from this rank's own failure
+        raise error
 
 
 def _failed_ranks(message: str | None) -> dict[int, str]:
@@ -224,6 +227,15 @@ def _failed_ranks(message: str | None) -> dict[int, str]:
     if not any_rank(message is not None):
         return {}
     return {r: m for r, m in enumerate(all_gather_object(message)) if m is not None}
+
+
+def _peer_failure(err: BaseException) -> list[int] | None:
+    """The failed ranks `fail_together` named on `err` or on an error it was raised from (None: not a peer's)."""
+    while err is not None:
+        if getattr(err, "failed_ranks", None) is not None:
+            return err.failed_ranks
+        err = err.__cause__
+    return None
 
 
 @contextmanager
@@ -236,15 +248,19 @@ def report_failures(what: str | Callable[[], str]) -> Iterator[None]:
     except BaseException as err:
         if is_distributed():
             what = what if isinstance(what, str) else what()
-            logger.error(
-                "rank %d of %d failed during %s: %s: %s; shutting down the process group so the other ranks "
-                "stop (the launcher ends them)",
-                rank(),
-                world_size(),
-                what,
-                type(err).__name__,
-                err,
-            )
+            peers = _peer_failure(err)
+            if peers is not None and rank() not in peers:
+                logger.error("rank %d of %d stops during %s: %s", rank(), world_size(), what, err)
+            else:
+                logger.error(
+                    "rank %d of %d failed during %s: %s: %s; shutting down the process group so the other ranks "
+                    "stop (the launcher ends them)",
+                    rank(),
+                    world_size(),
+                    what,
+                    type(err).__name__,
+                    err,
+                )
             try:
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 (already broken: the original error is what matters)
