@@ -186,8 +186,10 @@ def run_eager(
     arena: Arena | None = None,
     weights: WeightCopies | None = None,
 ) -> DecodeState:
-    """The whole decode loop, step by step in eager mode; returns the final state (`new_tokens` [B, n]).
-    weights: what the forwards read instead of the model's parameters (default: `adapter_copies`)."""
+    """The whole decode loop, step by step in eager mode, every row in every step (the steps a graph replays);
+    returns the final state (`new_tokens` [B, n]). The sampler's eager path is tokrl/sampler/prefix_decode.py,
+    which forwards each distinct prefix once; this loop serves the support probe and the tests that compare the
+    two. weights: what the forwards read instead of the model's parameters (default: `adapter_copies`)."""
     overrides = (weights if weights is not None else adapter_copies(body)).copies
     state = start_state(
         body, prompts, num_generations, max_new_tokens, options, eos_ids, pad_id, arena=arena, overrides=overrides
