@@ -11,11 +11,14 @@ start's steps and seconds.
 
 With several runs of one algorithm (seeds, thread counts) the table gives the spread of each algorithm at each
 thread count instead: min / median / max of the accuracy before and after, of the change and of the wall time.
+`--label 'PATTERN=TEXT'` (repeatable) tags the runs whose folder name matches the glob PATTERN (for example the
+CPU code path they were held to: `--label '*-avx2=AVX2'`); tagged runs form their own rows, under a label column.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import gzip
 import json
 import os
@@ -83,19 +86,22 @@ def _spread(values: list[float], unit: str, digits: int = 1, sign: str = "") -> 
 
 def spread_table(runs: list[dict[str, Any]]) -> str:
     """One row per (algorithm, thread count) over its runs: min / median / max of before, after, change, wall time."""
+    labelled = any(run.get("label") for run in runs)
+    label_head, label_rule = ("| label ", "|---") if labelled else ("", "")
     lines = [
-        "| algorithm | threads | seeds | held-out before | after | change | wall time |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        f"| algorithm | threads {label_head}| seeds | held-out before | after | change | wall time |",
+        f"|---|---:{label_rule}|---|---:|---:|---:|---:|",
     ]
-    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, Any, str], list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["algorithm"], run.get("num_threads")), []).append(run)
-    for (algorithm, threads), group in groups.items():
+        groups.setdefault((run["algorithm"], run.get("num_threads"), run.get("label", "")), []).append(run)
+    for (algorithm, threads, label), group in groups.items():
         seeds = ", ".join(str(r.get("seed")) for r in group)
         before = [100 * r["eval_before"] for r in group]
         after = [100 * r["eval_after"] for r in group]
         change = [b - a for a, b in zip(before, after, strict=True)]
         wall = [r["wall_time_s"] for r in group]
+        threads = f"{threads} | {label or '-'}" if labelled else threads
         lines.append(
             f"| {algorithm} | {threads} | {seeds} | {_spread(before, '%')} | {_spread(after, '%')} | "
             f"{_spread(change, ' points', sign='+')} | {_spread(wall, ' s', 0)} |"
@@ -123,7 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="finished output_dir of each run")
     parser.add_argument("--out", type=Path, help="write the collected JSON here")
     parser.add_argument("--note", default="", help="how the runs were made (machine, threads, concurrency)")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="PATTERN=TEXT", help="tag runs whose folder name matches"
+    )
     args = parser.parse_args(argv)
+    labels = []
+    for item in args.label:
+        pattern, sep, text = item.partition("=")
+        if not sep or not pattern or not text:
+            parser.error(f"--label: expected PATTERN=TEXT, got {item!r}")
+        labels.append((pattern, text))
     import peft
     import torch
     import transformers
@@ -134,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "note": args.note,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-        "runs": [summarise_run(run) for run in args.runs],
+        "runs": [],
     }
+    for run in args.runs:
+        summary = summarise_run(run)
+        matching = [text for pattern, text in labels if fnmatch.fnmatch(run.name, pattern)]
+        data["runs"].append({**summary, "label": matching[0]} if matching else summary)
     if args.out:
         args.out.write_text(json.dumps(data, indent=2) + "\n")
     several = len({r["algorithm"] for r in data["runs"]}) < len(data["runs"])  # seeds or thread counts

@@ -114,3 +114,20 @@ def test_seeds_give_a_spread_table(collect, tmp_path, capsys):
     assert (first["seed"], first["num_threads"]) == (0, 2)
     assert (first["warm_start_steps"], first["warm_start_seconds"]) == (3, 4.5)
     assert "warm_start_steps" not in collect.summarise_run(runs[1])
+
+
+def test_labelled_runs_get_their_own_rows(collect, tmp_path, capsys):
+    runs = [
+        _fake_run(tmp_path, "t-spmo", 0.5, 0.7, seed=0, name="t-spmo-s0"),
+        _fake_run(tmp_path, "t-spmo", 0.4, 0.6, seed=1, name="t-spmo-s1"),
+        _fake_run(tmp_path, "t-spmo", 0.5, 0.6, seed=0, name="t-spmo-s0-avx2"),
+    ]
+    out = tmp_path / "collected.json"
+    assert collect.main([str(r) for r in runs] + ["--label", "*-avx2=AVX2", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| algorithm | threads | label | seeds |" in table
+    assert "| t-spmo | 2 | - | 0, 1 | 40.0% / 45.0% / 50.0% |" in table
+    assert "| t-spmo | 2 | AVX2 | 0 | 50.0% / 50.0% / 50.0% | 60.0% / 60.0% / 60.0% |" in table
+    assert [r.get("label") for r in json.loads(out.read_text())["runs"]] == [None, None, "AVX2"]
+    with pytest.raises(SystemExit):
+        collect.main([str(runs[0]), "--label", "no-equals-sign"])
