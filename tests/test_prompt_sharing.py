@@ -73,7 +73,7 @@ def _logp_and_grads(model, flat_hidden, index, rows):
 
 
 LAYOUTS = {
-    "two passes": pack_two_passes,
+    "two passes": lambda p, c, rows, pad, device: pack_two_passes(PrefixTrees.build(p, c, rows), c, rows, pad, device),
     "prefix trees": lambda p, c, rows, pad, device: pack_prefix_trees(PrefixTrees.build(p, c, rows), rows, pad, device),
 }
 
@@ -112,7 +112,7 @@ def test_layout_by_hand():
         torch.zeros(4),
         torch.ones(4),
     )
-    batch, index = pack_two_passes(prompts, completions, rows, PAD, "cpu")
+    batch, index = pack_two_passes(PrefixTrees.build(prompts, completions, rows), completions, rows, PAD, "cpu")
     assert batch.prompt_ids.tolist() == [[7, 8], [0, 9]] and batch.prompt_mask.tolist() == [[1, 1], [0, 1]]
     assert batch.ids.tolist() == [[11, 12], [16, 0]] and batch.mask.tolist() == [[1, 1], [1, 0]]
     assert batch.prompt_of_row.tolist() == [0, 1] and int(batch.tokens) == 3 + 3

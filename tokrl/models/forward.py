@@ -48,6 +48,11 @@ def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
     return base_layer(head).weight  # [V, D]
 
 
+def decoder_stack(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack of a causal LM (a peft model's too): final norm included, no LM head (e.g. Qwen2Model)."""
+    return transformers_model(model).base_model
+
+
 def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The additive attention mask a decoder takes in place of a boolean one (same shape): 0 where `visible`, the
     dtype's min elsewhere (not -inf: a fully hidden pad row then averages values instead of producing NaN)."""
@@ -65,7 +70,7 @@ def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     Mixtral, Cohere, Granite, GPT-2) needs nothing more than these three inputs. Rows at padded positions are
     meaningless.
     """
-    body = transformers_model(model).base_model  # the decoder stack (Qwen2Model), final norm included, no LM head
+    body = decoder_stack(model)
     # Left padding: the first real token is position 0, as in generate; pads get 0 (masked out anyway).
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [B, L]
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)

@@ -51,7 +51,7 @@ class Decoded:
 
 
 class _Nodes:
-    """The distinct prefixes of one step: their keys/values, which prompt each continues, and each row's node."""
+    """The distinct prefixes of one step: their keys/values and the prompt each continues."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], prompt: torch.Tensor) -> None:
         self.keys, self.values = keys, values  # per layer [U, H_kv, C, D]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokrl.models.forward import additive_mask, transformers_model
+from tokrl.models.forward import additive_mask, decoder_stack
 from tokrl.stages.select import LossRows, last_positions
 
 
@@ -165,7 +165,7 @@ def pack_prefix_trees(
 
 def prefix_tree_hidden(model: torch.nn.Module, batch: PrefixTreeBatch) -> torch.Tensor:
     """Final-norm hidden states of the pass, flattened: [P * W, D] (module docstring)."""
-    decoder = transformers_model(model).base_model
+    decoder = decoder_stack(model)
     dtype = decoder.get_input_embeddings().weight.dtype
     bias = additive_mask(batch.visible[:, None], dtype)  # [P, 1, W, W]
     hidden = decoder(

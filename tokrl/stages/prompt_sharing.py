@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from tokrl.models.forward import additive_mask, transformers_model
+from tokrl.models.forward import additive_mask, decoder_stack, transformers_model
 from tokrl.stages.prefix_tree import (
     PrefixTreeBatch,
     PrefixTrees,
@@ -66,11 +66,6 @@ class SharedPromptBatch:
     tokens: torch.Tensor
 
 
-def _decoder(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack (final norm included, no LM head)."""
-    return transformers_model(model).base_model
-
-
 @functools.cache
 def _cache_argument(decoder_class: type) -> str:
     """The forward's cache argument: `cache` from transformers 5.2x on, `past_key_values` before."""
@@ -79,7 +74,7 @@ def _cache_argument(decoder_class: type) -> str:
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why the shared-prompt forward cannot run `model` (None when it can)."""
-    decoder = _decoder(model)
+    decoder = decoder_stack(model)
     config = getattr(decoder, "config", None)
     if config is None:
         return f"{type(model).__name__} is not a transformers causal LM"
@@ -111,50 +106,44 @@ def pack_shared_prompts(
 ) -> tuple[SharedPromptBatch | PrefixTreeBatch, torch.Tensor]:
     """The batch for the rollout rows that own a selected token, and the flat hidden-state index of every
     selected token ([k] int64 into `shared_prompt_hidden`'s rows): the prefix-tree pass when `hidden_size` (D)
-    is given and `tree_is_cheaper` says so, else the two passes."""
-    if hidden_size is not None:
-        trees = PrefixTrees.build(prompts, completions, rows)
-        if tree_is_cheaper(trees, hidden_size):
-            return pack_prefix_trees(trees, rows, pad_id, device)
-    return pack_two_passes(prompts, completions, rows, pad_id, device)
+    is given and `tree_is_cheaper` says so, else the two passes (both laid out from one `PrefixTrees`)."""
+    trees = PrefixTrees.build(prompts, completions, rows)
+    if hidden_size is not None and tree_is_cheaper(trees, hidden_size):
+        return pack_prefix_trees(trees, rows, pad_id, device)
+    return pack_two_passes(trees, completions, rows, pad_id, device)
 
 
 def pack_two_passes(
-    prompts: Sequence[Sequence[int]],
+    trees: PrefixTrees,
     completions: Sequence[Sequence[int]],
     rows: LossRows,
     pad_id: int,
     device: torch.device | str,
 ) -> tuple[SharedPromptBatch, torch.Tensor]:
-    """The two passes' batch (module docstring) and the flat hidden-state index of every selected token."""
-    row_ids, positions = rows.row.tolist(), rows.position.tolist()
-    last: dict[int, int] = {}
-    for b, t in zip(row_ids, positions, strict=True):
-        last[b] = max(last.get(b, 0), t)  # inputs: prompt + completion[:last selected position]
-    prompt_index: dict[tuple[int, ...], int] = {}
-    for b in sorted(last):
-        prompt_index.setdefault(tuple(prompts[b]), len(prompt_index))
+    """The two passes' batch (module docstring) and the flat hidden-state index of every selected token; the
+    distinct prompts, each row's prompt and its continuation length (its path's) come from `trees`."""
+    last = {b: len(path) for b, path in trees.path.items()}  # inputs: prompt + completion[:last selected position]
     continued = [b for b in sorted(last) if last[b] > 0]  # rows with continuation tokens
     cont_index = {b: j for j, b in enumerate(continued)}
-    width = max((len(p) for p in prompt_index), default=0)
+    count, width = len(trees.prompts), trees.width[0]
     cont_width = max((last[b] for b in continued), default=0)
-    prompt_ids = [[pad_id] * (width - len(p)) + list(p) for p in prompt_index]
-    prompt_mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompt_index]
+    prompt_ids = [[pad_id] * (width - len(p)) + list(p) for p in trees.prompts]
+    prompt_mask = [[0] * (width - len(p)) + [1] * len(p) for p in trees.prompts]
     ids = [list(completions[b][: last[b]]) + [pad_id] * (cont_width - last[b]) for b in continued]
     mask = [[1] * last[b] + [0] * (cont_width - last[b]) for b in continued]
-    offset = len(prompt_index) * width  # continuation rows follow the prompt rows in the flat hidden states
+    offset = count * width  # continuation rows follow the prompt rows in the flat hidden states
     index = [
-        prompt_index[tuple(prompts[b])] * width + width - 1 if t == 0 else offset + cont_index[b] * cont_width + t - 1
-        for b, t in zip(row_ids, positions, strict=True)
+        trees.prompt_of_row[b] * width + width - 1 if t == 0 else offset + cont_index[b] * cont_width + t - 1
+        for b, t in zip(rows.row.tolist(), rows.position.tolist(), strict=True)
     ]
     as_tensor = functools.partial(torch.tensor, dtype=torch.int64)
     batch = SharedPromptBatch(
-        prompt_ids=as_tensor(prompt_ids).reshape(len(prompt_index), width).to(device),  # [P, Lp]
-        prompt_mask=as_tensor(prompt_mask).reshape(len(prompt_index), width).to(device),  # [P, Lp]
+        prompt_ids=as_tensor(prompt_ids).reshape(count, width).to(device),  # [P, Lp]
+        prompt_mask=as_tensor(prompt_mask).reshape(count, width).to(device),  # [P, Lp]
         ids=as_tensor(ids).reshape(len(continued), cont_width).to(device),  # [B, Lc]
         mask=as_tensor(mask).reshape(len(continued), cont_width).to(device),  # [B, Lc]
-        prompt_of_row=as_tensor([prompt_index[tuple(prompts[b])] for b in continued]).to(device),  # [B]
-        tokens=torch.tensor(sum(map(len, prompt_index)) + sum(last[b] for b in continued), device=device),
+        prompt_of_row=as_tensor([trees.prompt_of_row[b] for b in continued]).to(device),  # [B]
+        tokens=torch.tensor(sum(map(len, trees.prompts)) + sum(last[b] for b in continued), device=device),
     )
     return batch, as_tensor(index).to(device)  # [k]
 
@@ -164,7 +153,7 @@ def shared_prompt_hidden(model: torch.nn.Module, batch: SharedPromptBatch | Pref
     docstring), [P * W, D] for the prefix trees."""
     if isinstance(batch, PrefixTreeBatch):
         return prefix_tree_hidden(model, batch)
-    decoder = _decoder(model)
+    decoder = decoder_stack(model)
     cache_arg = _cache_argument(type(decoder))
     dtype = decoder.get_input_embeddings().weight.dtype
     width, device = batch.prompt_ids.shape[1], batch.prompt_ids.device
